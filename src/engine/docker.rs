@@ -1,0 +1,477 @@
+//! The Docker engine: runs step containers through the Docker Engine API (bollard).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping as DockerDeviceMapping, DeviceRequest, HostConfig, Mount,
+    MountType,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use super::{ContainerEngine, ContainerExit, StopSignal};
+use crate::error::Error;
+use crate::events::OutputStream;
+use crate::logs::OutputSink;
+use crate::spec::ContainerSpec;
+
+/// Time allowed to connect to the daemon and get an answer before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long output may keep arriving after the container exited. Docker closes the
+/// output stream right after the exit; this only guards against a daemon that does not.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon address used when neither the caller nor `DOCKER_HOST` names one; the
+/// same default as the `docker` CLI on Linux.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// A connection to one Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    host: String,
+}
+
+impl DockerEngine {
+    /// Connects to the daemon at `host`, else at `DOCKER_HOST`, else at the default
+    /// socket, agrees on an API version with it and checks that it answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DockerUnavailable`] within [`CONNECT_TIMEOUT`] when the daemon cannot be
+    /// reached, naming the address that was tried.
+    pub async fn connect(host: Option<&str>) -> Result<Self, Error> {
+        let host = match host {
+            Some(host) => host.to_string(),
+            None => std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| DEFAULT_HOST.to_string()),
+        };
+        let unavailable = |reason: String| Error::DockerUnavailable {
+            host: host.clone(),
+            reason,
+        };
+
+        let docker = Docker::connect_with_host(&host).map_err(|e| unavailable(e.to_string()))?;
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        tokio::time::timeout(CONNECT_TIMEOUT, docker.ping())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+
+        Ok(DockerEngine { docker, host })
+    }
+
+    /// The address of the daemon this engine talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The underlying bollard client, for callers that need more of the API.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Creates the container described by `spec` without starting it and returns its id.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, Error> {
+        let env = self.container_env(spec).await?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: non_empty(&spec.entrypoint),
+            cmd: non_empty(&spec.command),
+            env: Some(env),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            stop_timeout: Some(i64::from(spec.stop_grace_period_secs)),
+            host_config: Some(host_config(spec)),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+
+        let response = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| Error::container("create", &spec.name, e))?;
+        Ok(response.id)
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| Error::container("start", id, e))
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace_period_secs`. Returns once it
+    /// has stopped. A container that already stopped or no longer exists is not an error.
+    pub async fn stop(&self, id: &str, grace_period_secs: u32) -> Result<(), Error> {
+        let grace = i32::try_from(grace_period_secs).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(grace).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(Error::container("stop", id, e)),
+        }
+    }
+
+    /// Removes a container and its anonymous volumes, killing it if it still runs.
+    /// A container that is already gone, or already being removed, is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(Error::container("remove", id, e)),
+        }
+    }
+
+    /// Waits until the container is not running and returns its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, Error> {
+        let mut stream = self.docker.wait_container(id, None);
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as an error; for us it is a result.
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(Error::container("wait for", id, e)),
+            None => Err(Error::container(
+                "wait for",
+                id,
+                "the daemon closed the wait request without an exit status",
+            )),
+        }
+    }
+
+    /// Returns `(exit code, killed for memory)` of a container that has exited.
+    pub async fn exit_state(&self, id: &str) -> Result<(i64, bool), Error> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| Error::container("inspect", id, e))?;
+        let state = inspect.state.unwrap_or_default();
+        Ok((
+            state.exit_code.unwrap_or(-1),
+            state.oom_killed.unwrap_or(false),
+        ))
+    }
+
+    /// Streams the container's output into `output` and waits for it to exit, stopping
+    /// it when `stop` fires. Returns the exit code and whether the container was stopped.
+    ///
+    /// The output is read from the start of the container's log, so nothing printed
+    /// before this call, or by a container that has already exited, is missed.
+    pub async fn follow(
+        &self,
+        id: &str,
+        grace_period_secs: u32,
+        output: &mut OutputSink,
+        mut stop: StopSignal,
+    ) -> Result<(i64, bool), Error> {
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = self.docker.logs(id, Some(options));
+        let wait = self.wait(id);
+        tokio::pin!(wait);
+
+        let mut exit_code = None;
+        let mut output_done = false;
+        let mut stop_request = None;
+        while exit_code.is_none() || !output_done {
+            tokio::select! {
+                chunk = logs.next(), if !output_done => match chunk {
+                    Some(Ok(LogOutput::StdOut { message })) => {
+                        output.write(OutputStream::Stdout, &message).await;
+                    }
+                    Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
+                        output.write(OutputStream::Stderr, &message).await;
+                    }
+                    Some(Ok(LogOutput::StdIn { .. })) => {}
+                    Some(Err(e)) => {
+                        let notice = format!("[zenml-docker-rs] reading output failed: {e}\n");
+                        output.write(OutputStream::Stderr, notice.as_bytes()).await;
+                        output_done = true;
+                    }
+                    None => output_done = true,
+                },
+                code = &mut wait, if exit_code.is_none() => exit_code = Some(code?),
+                _ = stop.fired(), if stop_request.is_none() && exit_code.is_none() => {
+                    let engine = self.clone();
+                    let id = id.to_string();
+                    stop_request = Some(tokio::spawn(async move {
+                        engine.stop(&id, grace_period_secs).await
+                    }));
+                }
+                _ = tokio::time::sleep(OUTPUT_DRAIN_TIMEOUT), if exit_code.is_some() => {
+                    output_done = true;
+                }
+            }
+        }
+        output.finish().await;
+
+        let stopped = stop_request.is_some();
+        if let Some(request) = stop_request {
+            // The container has exited, so the stop request is over or about to be.
+            if let Ok(Err(e)) = request.await {
+                return Err(e);
+            }
+        }
+        Ok((exit_code.unwrap_or(-1), stopped))
+    }
+
+    /// Returns the image's own environment as a map, for values the spec appends to.
+    async fn image_env(&self, image: &str) -> Result<HashMap<String, String>, Error> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| Error::ImageUnavailable {
+                image: image.to_string(),
+                reason: e.to_string(),
+            })?;
+        let env = inspect.config.and_then(|c| c.env).unwrap_or_default();
+        Ok(env
+            .into_iter()
+            .filter_map(|entry| {
+                let (key, value) = entry.split_once('=')?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect())
+    }
+
+    /// Builds the `KEY=value` list: the spec's variables, then the appended path values.
+    async fn container_env(&self, spec: &ContainerSpec) -> Result<Vec<String>, Error> {
+        let mut env: HashMap<String, String> = spec.env.clone().into_iter().collect();
+        if !spec.env_path_append.is_empty() {
+            let image_env = self.image_env(&spec.image).await?;
+            for (key, extra) in &spec.env_path_append {
+                let current = env.get(key).or_else(|| image_env.get(key));
+                let value = match current {
+                    Some(current) if !current.is_empty() => format!("{current}:{extra}"),
+                    _ => extra.clone(),
+                };
+                env.insert(key.clone(), value);
+            }
+        }
+        let mut entries: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        entries.sort();
+        Ok(entries)
+    }
+}
+
+impl ContainerEngine for DockerEngine {
+    async fn ensure_image(&self, image: &str) -> Result<(), Error> {
+        let unavailable = |reason: String| Error::ImageUnavailable {
+            image: image.to_string(),
+            reason,
+        };
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+
+        let (name, tag) = split_image_reference(image);
+        let mut options = CreateImageOptionsBuilder::new().from_image(name);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let mut pull = self.docker.create_image(Some(options.build()), None, None);
+        while let Some(progress) = pull.next().await {
+            let progress = progress.map_err(|e| unavailable(e.to_string()))?;
+            if let Some(detail) = progress.error_detail {
+                let message = detail.message.unwrap_or_else(|| "unknown pull error".into());
+                return Err(unavailable(message));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_container(
+        &self,
+        spec: &ContainerSpec,
+        output: &mut OutputSink,
+        stop: StopSignal,
+    ) -> Result<ContainerExit, Error> {
+        let id = self.create(spec).await?;
+        if stop.is_set() {
+            self.remove(&id).await?;
+            return Ok(stopped_before_start(id));
+        }
+        if let Err(e) = self.start(&id).await {
+            if !spec.keep_if_failed {
+                // The start error is what the user needs; a removal error would hide it.
+                let _ = self.remove(&id).await;
+            }
+            return Err(e);
+        }
+
+        let followed = self
+            .follow(&id, spec.stop_grace_period_secs, output, stop)
+            .await;
+        let (exit_code, stopped) = match followed {
+            Ok(result) => result,
+            Err(e) => {
+                let _ = self.remove(&id).await;
+                return Err(e);
+            }
+        };
+        let (inspected_code, oom_killed) = self.exit_state(&id).await?;
+        let mut exit = ContainerExit {
+            container_id: id,
+            exit_code: if exit_code >= 0 { exit_code } else { inspected_code },
+            // A container we stopped may have been SIGKILLed; that is never an OOM kill.
+            oom_killed: oom_killed && !stopped,
+            stopped,
+            kept: false,
+        };
+
+        if spec.keep_if_failed && !exit.succeeded() && !exit.stopped {
+            exit.kept = true;
+        } else {
+            self.remove(&exit.container_id).await?;
+        }
+        Ok(exit)
+    }
+}
+
+fn stopped_before_start(container_id: String) -> ContainerExit {
+    ContainerExit {
+        container_id,
+        exit_code: -1,
+        oom_killed: false,
+        stopped: true,
+        kept: false,
+    }
+}
+
+fn host_config(spec: &ContainerSpec) -> HostConfig {
+    let resources = &spec.resources;
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            typ: Some(MountType::BIND),
+            source: Some(m.source.clone()),
+            target: Some(m.target.clone()),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let devices = spec
+        .devices
+        .iter()
+        .map(|d| DockerDeviceMapping {
+            path_on_host: Some(d.host_path.clone()),
+            path_in_container: Some(d.container_path.clone()),
+            cgroup_permissions: Some(d.permissions.clone()),
+        })
+        .collect();
+    let device_requests = resources.gpu_count.map(|count| {
+        vec![DeviceRequest {
+            driver: Some("nvidia".into()),
+            count: Some(count),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }]
+    });
+
+    HostConfig {
+        mounts: Some(mounts),
+        extra_hosts: Some(spec.extra_hosts.clone()),
+        network_mode: spec.network.clone(),
+        shm_size: spec.shm_size_bytes,
+        nano_cpus: resources.cpu_count.map(|cpus| (cpus * 1e9).round() as i64),
+        memory: resources.memory_bytes,
+        // Equal memory and memory+swap limits leave no swap, so the memory limit holds.
+        memory_swap: resources.memory_bytes,
+        devices: Some(devices),
+        device_requests,
+        privileged: Some(spec.privileged),
+        ..Default::default()
+    }
+}
+
+fn non_empty(values: &[String]) -> Option<Vec<String>> {
+    (!values.is_empty()).then(|| values.to_vec())
+}
+
+fn is_status(error: &DockerError, status: u16) -> bool {
+    matches!(error, DockerError::DockerResponseServerError { status_code, .. } if *status_code == status)
+}
+
+/// Splits `name[:tag]` or `name@digest` into what the pull API takes. A reference
+/// without tag or digest means `latest`, as with `docker pull`.
+fn split_image_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last_component = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_component..].rfind(':') {
+        Some(colon) => {
+            let at = last_component + colon;
+            (&image[..at], Some(&image[at + 1..]))
+        }
+        None => (image, Some("latest")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_reference_splits_tag() {
+        assert_eq!(split_image_reference("busybox:1.36"), ("busybox", Some("1.36")));
+        assert_eq!(split_image_reference("busybox"), ("busybox", Some("latest")));
+        assert_eq!(
+            split_image_reference("localhost:5000/team/img:v2"),
+            ("localhost:5000/team/img", Some("v2"))
+        );
+        assert_eq!(
+            split_image_reference("localhost:5000/img"),
+            ("localhost:5000/img", Some("latest"))
+        );
+        assert_eq!(split_image_reference("img@sha256:abc"), ("img@sha256:abc", None));
+    }
+
+    #[test]
+    fn host_config_maps_resources() {
+        let spec = ContainerSpec {
+            resources: crate::spec::Resources {
+                cpu_count: Some(1.5),
+                memory_bytes: Some(64 << 20),
+                gpu_count: Some(2),
+            },
+            ..Default::default()
+        };
+        let config = host_config(&spec);
+        assert_eq!(config.nano_cpus, Some(1_500_000_000));
+        assert_eq!(config.memory, Some(64 << 20));
+        assert_eq!(config.memory_swap, Some(64 << 20));
+        let request = &config.device_requests.unwrap()[0];
+        assert_eq!(request.count, Some(2));
+        assert_eq!(request.driver.as_deref(), Some("nvidia"));
+        assert_eq!(config.privileged, Some(false));
+    }
+}

@@ -1,0 +1,103 @@
+//! Events a run sends to its observer: output lines, step state changes and the end of the run.
+//!
+//! The Python side receives these as dicts whose `kind` key is the variant name in snake
+//! case, with the fields below as the other keys.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Which output stream of a container a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Final or intermediate state of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// The container was created and started.
+    Running,
+    /// The container exited with code 0.
+    Succeeded,
+    /// The container exited with another code, was killed for memory, or could not start.
+    Failed,
+    /// The core stopped the container because the run failed fast or was cancelled.
+    Stopped,
+    /// The step never started: an upstream step failed, or the run stopped first.
+    Skipped,
+}
+
+impl StepState {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, StepState::Running)
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    /// The observer cancelled the run; every container it had was stopped and removed.
+    Cancelled,
+}
+
+/// What is known about a step when its state changes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepReport {
+    pub state: StepState,
+    /// Docker's container id, once the container exists.
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    /// True only when the kernel killed the container for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Human-readable cause for failed, stopped and skipped steps.
+    pub message: Option<String>,
+}
+
+impl StepReport {
+    pub fn new(state: StepState) -> Self {
+        StepReport {
+            state,
+            container_id: None,
+            exit_code: None,
+            oom_killed: false,
+            message: None,
+        }
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// One event of a run, in the order it happened for each step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// One line of step output, without its line terminator. A line longer than the
+    /// core's maximum is cut into pieces; `continued` is true on every piece but the last.
+    Log {
+        step: String,
+        stream: OutputStream,
+        line: String,
+        continued: bool,
+    },
+    /// A step changed state.
+    Step {
+        step: String,
+        #[serde(flatten)]
+        report: StepReport,
+    },
+    /// The run ended; always the last event. `steps` has the final report of every step.
+    RunFinished {
+        status: RunStatus,
+        steps: BTreeMap<String, StepReport>,
+    },
+}

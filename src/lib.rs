@@ -1,0 +1,237 @@
+//! Rust core of the `docker_rs` ZenML orchestrator.
+//!
+//! The core runs a DAG of containers described by a [`spec::RunSpec`] on a
+//! [`engine::ContainerEngine`] and reports what happens as [`events::Event`]s. The
+//! Python module `zenml_docker_rs._core`, defined at the bottom of this file when the
+//! `python` feature is on, is the only way in from Python; its typed stub
+//! `python/zenml_docker_rs/_core.pyi` documents it.
+
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod logs;
+pub mod scheduler;
+pub mod spec;
+
+#[cfg(feature = "python")]
+mod python {
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use pyo3::create_exception;
+    use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::types::PyList;
+    use tokio::runtime::Runtime;
+    use tokio::sync::mpsc;
+
+    use crate::engine::docker::DockerEngine;
+    use crate::engine::{ContainerEngine, StopSignal, StopTrigger};
+    use crate::error::Error;
+    use crate::events::Event;
+    use crate::scheduler;
+    use crate::spec::RunSpec;
+
+    create_exception!(_core, SpecError, PyValueError, "The run spec is invalid.");
+    create_exception!(
+        _core,
+        DockerUnavailableError,
+        PyConnectionError,
+        "The Docker daemon cannot be reached."
+    );
+    create_exception!(
+        _core,
+        ImageUnavailableError,
+        PyRuntimeError,
+        "An image is missing and could not be pulled."
+    );
+    create_exception!(_core, EngineError, PyRuntimeError, "A Docker API call failed.");
+
+    /// Events buffered between the run and Python. When full, the run waits for Python
+    /// to take events, which bounds memory whatever the steps print.
+    const EVENT_BUFFER: usize = 4096;
+
+    /// Most events handed to Python in one `next_events` call.
+    const EVENT_BATCH: usize = 1024;
+
+    fn to_py_err(error: Error) -> PyErr {
+        let message = error.to_string();
+        match error {
+            Error::InvalidSpec(_) => SpecError::new_err(message),
+            Error::DockerUnavailable { .. } => DockerUnavailableError::new_err(message),
+            Error::ImageUnavailable { .. } => ImageUnavailableError::new_err(message),
+            Error::Container { .. } | Error::Internal(_) => EngineError::new_err(message),
+        }
+    }
+
+    /// One tokio runtime for the process; runs outlive the Python calls that start them.
+    fn runtime() -> &'static Runtime {
+        static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("zenml-docker-rs")
+                .build()
+                .expect("cannot start the tokio runtime")
+        })
+    }
+
+    fn parse_spec(spec: &Bound<'_, PyAny>) -> PyResult<RunSpec> {
+        let spec: RunSpec = pythonize::depythonize(spec)
+            .map_err(|e| SpecError::new_err(format!("invalid run spec: {e}")))?;
+        spec.validate().map_err(to_py_err)?;
+        Ok(spec)
+    }
+
+    /// Validates a run spec without running it; raises `SpecError` naming the problem.
+    #[pyfunction]
+    fn validate_spec(spec: &Bound<'_, PyAny>) -> PyResult<()> {
+        parse_spec(spec).map(|_| ())
+    }
+
+    /// Checks that the Docker daemon answers; returns the address that was used.
+    #[pyfunction]
+    #[pyo3(signature = (docker_host=None))]
+    fn check_docker(py: Python<'_>, docker_host: Option<String>) -> PyResult<String> {
+        py.detach(|| {
+            runtime().block_on(async {
+                let engine = DockerEngine::connect(docker_host.as_deref()).await?;
+                Ok(engine.host().to_string())
+            })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Validates `spec`, connects to Docker, makes sure every image is present and
+    /// starts the run. Returns a `RunHandle` to follow it.
+    #[pyfunction]
+    #[pyo3(signature = (spec, docker_host=None))]
+    fn start_run(
+        py: Python<'_>,
+        spec: &Bound<'_, PyAny>,
+        docker_host: Option<String>,
+    ) -> PyResult<RunHandle> {
+        let spec = Arc::new(parse_spec(spec)?);
+        let preflight_spec = Arc::clone(&spec);
+        let engine = py
+            .detach(|| {
+                runtime().block_on(async move {
+                    let engine = DockerEngine::connect(docker_host.as_deref()).await?;
+                    let mut images: Vec<&str> = preflight_spec
+                        .steps
+                        .iter()
+                        .map(|s| s.container.image.as_str())
+                        .collect();
+                    images.sort_unstable();
+                    images.dedup();
+                    for image in images {
+                        engine.ensure_image(image).await?;
+                    }
+                    Ok(engine)
+                })
+            })
+            .map_err(to_py_err)?;
+
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let (cancel_trigger, cancel_signal) = StopSignal::new();
+        let run_id = spec.run_id.clone();
+        runtime().spawn(scheduler::run(spec, Arc::new(engine), events_tx, cancel_signal));
+        Ok(RunHandle {
+            run_id,
+            events: Mutex::new(events_rx),
+            cancel: cancel_trigger,
+        })
+    }
+
+    /// A started run. Take its events with `next_events` until it returns `None`.
+    #[pyclass(module = "zenml_docker_rs._core")]
+    struct RunHandle {
+        #[pyo3(get)]
+        run_id: String,
+        events: Mutex<mpsc::Receiver<Event>>,
+        cancel: StopTrigger,
+    }
+
+    #[pymethods]
+    impl RunHandle {
+        /// Waits up to `timeout` seconds for events and returns those available, as
+        /// dicts; an empty list when none came in time, `None` once the run has ended and
+        /// every event was taken. The GIL is released while waiting.
+        fn next_events<'py>(
+            &self,
+            py: Python<'py>,
+            timeout: f64,
+        ) -> PyResult<Option<Bound<'py, PyList>>> {
+            let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "timeout must be a non-negative number of seconds, got {timeout}"
+                ))
+            })?;
+            let batch = py.detach(|| {
+                let mut events = self.events.lock().expect("event receiver lock poisoned");
+                runtime().block_on(receive_batch(&mut events, timeout))
+            });
+            let Some(batch) = batch else {
+                return Ok(None);
+            };
+            let list = PyList::empty(py);
+            for event in &batch {
+                let object = pythonize::pythonize(py, event)
+                    .map_err(|e| PyRuntimeError::new_err(format!("cannot convert event: {e}")))?;
+                list.append(object)?;
+            }
+            Ok(Some(list))
+        }
+
+        /// Asks the run to stop: no new step starts and every running container is
+        /// stopped and removed. Returns at once; keep taking events until `None` to know
+        /// when the cleanup is over.
+        fn cancel(&self) {
+            self.cancel.fire();
+        }
+    }
+
+    impl Drop for RunHandle {
+        /// A handle dropped without a finished run cancels it, so its containers do not
+        /// outlive every way to observe them.
+        fn drop(&mut self) {
+            self.cancel.fire();
+        }
+    }
+
+    /// Returns the events that arrive within `timeout` (at least one, if any comes),
+    /// or `None` when the channel is closed and empty.
+    async fn receive_batch(
+        events: &mut mpsc::Receiver<Event>,
+        timeout: Duration,
+    ) -> Option<Vec<Event>> {
+        let first = match tokio::time::timeout(timeout, events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return None,
+            Err(_) => return Some(Vec::new()),
+        };
+        let mut batch = vec![first];
+        while batch.len() < EVENT_BATCH {
+            match events.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    #[pymodule]
+    fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_function(wrap_pyfunction!(validate_spec, m)?)?;
+        m.add_function(wrap_pyfunction!(check_docker, m)?)?;
+        m.add_function(wrap_pyfunction!(start_run, m)?)?;
+        m.add_class::<RunHandle>()?;
+        let py = m.py();
+        m.add("SpecError", py.get_type::<SpecError>())?;
+        m.add("DockerUnavailableError", py.get_type::<DockerUnavailableError>())?;
+        m.add("ImageUnavailableError", py.get_type::<ImageUnavailableError>())?;
+        m.add("EngineError", py.get_type::<EngineError>())?;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! Container output to line events: line splitting, long-line cutting and the output tail.
+//!
+//! Docker delivers output as byte chunks that may end mid-line, mid-character or between
+//! the `\r` and `\n` of a line end. [`LineSplitter`] turns them into lines: `\n`, `\r\n`
+//! and a lone `\r` (how progress bars redraw a line) each end a line, so no redraw is
+//! lost. A line that grows past [`MAX_LINE_BYTES`] is sent in pieces, which bounds the
+//! memory held per stream whatever a step prints. Bytes that are not UTF-8 are replaced
+//! with U+FFFD.
+
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+
+use crate::events::{Event, OutputStream};
+
+/// Longest piece of a line sent as one event.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Lines kept per step for the error message of a failed step.
+pub const TAIL_LINES: usize = 20;
+
+/// Longest line kept in the tail; longer ones are shortened there (not in the log events).
+const TAIL_LINE_CHARS: usize = 500;
+
+/// A finished line, or a piece of a line that is longer than [`MAX_LINE_BYTES`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line {
+    pub text: String,
+    /// True when the line goes on in the next piece.
+    pub continued: bool,
+}
+
+/// Splits one byte stream into lines; see the module documentation for the rules.
+#[derive(Debug)]
+pub struct LineSplitter {
+    buffer: Vec<u8>,
+    /// The last byte seen was a `\r`, so a `\n` right after it ends nothing new.
+    after_carriage_return: bool,
+    max_line_bytes: usize,
+}
+
+impl Default for LineSplitter {
+    fn default() -> Self {
+        Self::with_max_line_bytes(MAX_LINE_BYTES)
+    }
+}
+
+impl LineSplitter {
+    pub fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        assert!(max_line_bytes >= 4, "a piece must hold one UTF-8 character");
+        LineSplitter {
+            buffer: Vec::new(),
+            after_carriage_return: false,
+            max_line_bytes,
+        }
+    }
+
+    /// Adds a chunk of output and returns the lines it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
+        let mut lines = Vec::new();
+        for &byte in chunk {
+            let after_carriage_return = std::mem::replace(&mut self.after_carriage_return, false);
+            match byte {
+                b'\n' if after_carriage_return => {}
+                b'\n' => lines.push(self.take_line()),
+                b'\r' => {
+                    lines.push(self.take_line());
+                    self.after_carriage_return = true;
+                }
+                _ => {
+                    self.buffer.push(byte);
+                    if self.buffer.len() >= self.max_line_bytes {
+                        lines.push(self.take_piece());
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    /// Returns the unterminated last line, if any: called once the stream has ended.
+    pub fn finish(&mut self) -> Option<Line> {
+        self.after_carriage_return = false;
+        if self.buffer.is_empty() {
+            None
+        } else {
+            Some(self.take_line())
+        }
+    }
+
+    fn take_line(&mut self) -> Line {
+        let bytes = std::mem::take(&mut self.buffer);
+        Line {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            continued: false,
+        }
+    }
+
+    /// Cuts the full buffer at the last UTF-8 character boundary, so that a character
+    /// split across pieces is not mangled, and keeps the rest for the next piece.
+    fn take_piece(&mut self) -> Line {
+        let cut = utf8_boundary(&self.buffer);
+        let rest = self.buffer.split_off(cut);
+        let piece = std::mem::replace(&mut self.buffer, rest);
+        Line {
+            text: String::from_utf8_lossy(&piece).into_owned(),
+            continued: true,
+        }
+    }
+}
+
+/// Returns the length of the longest prefix of `bytes` that does not end inside a
+/// multi-byte UTF-8 character. Invalid bytes count as single characters.
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    // A character is at most 4 bytes, so only the last 3 can start an unfinished one.
+    for back in 1..=3.min(len) {
+        let byte = bytes[len - back];
+        let is_continuation = byte & 0b1100_0000 == 0b1000_0000;
+        if is_continuation {
+            continue;
+        }
+        let char_len = match byte {
+            0x00..=0x7f => 1,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if char_len > back { len - back } else { len };
+    }
+    len
+}
+
+/// Receives the output of one step's container, sends it as [`Event::Log`] events and
+/// keeps the last lines for the step's error message.
+///
+/// Sending waits while the event channel is full, so a slow observer slows the reading
+/// of container output instead of growing a queue without bound.
+pub struct OutputSink {
+    step: String,
+    events: mpsc::Sender<Event>,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    tail: VecDeque<String>,
+}
+
+impl OutputSink {
+    pub fn new(step: impl Into<String>, events: mpsc::Sender<Event>) -> Self {
+        OutputSink {
+            step: step.into(),
+            events,
+            stdout: LineSplitter::default(),
+            stderr: LineSplitter::default(),
+            tail: VecDeque::with_capacity(TAIL_LINES),
+        }
+    }
+
+    /// Adds a chunk of output from `stream`.
+    pub async fn write(&mut self, stream: OutputStream, chunk: &[u8]) {
+        let lines = self.splitter(stream).push(chunk);
+        for line in lines {
+            self.emit(stream, line).await;
+        }
+    }
+
+    /// Sends the unterminated last lines of both streams; called when the output ends.
+    pub async fn finish(&mut self) {
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            if let Some(line) = self.splitter(stream).finish() {
+                self.emit(stream, line).await;
+            }
+        }
+    }
+
+    /// The last lines of output, oldest first, each shortened to a readable length.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
+    fn splitter(&mut self, stream: OutputStream) -> &mut LineSplitter {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+
+    async fn emit(&mut self, stream: OutputStream, line: Line) {
+        self.remember(&line.text);
+        let event = Event::Log {
+            step: self.step.clone(),
+            stream,
+            line: line.text,
+            continued: line.continued,
+        };
+        // A closed channel means nobody observes the run any more; the output is
+        // still read so the container can finish and be cleaned up.
+        let _ = self.events.send(event).await;
+    }
+
+    fn remember(&mut self, text: &str) {
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        let shortened = match text.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text.to_string(),
+        };
+        self.tail.push_back(shortened);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(lines: Vec<Line>) -> Vec<String> {
+        lines.into_iter().map(|l| l.text).collect()
+    }
+
+    #[test]
+    fn splitter_joins_partial_lines_across_chunks() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"hel").is_empty());
+        assert_eq!(texts(s.push(b"lo\nwor")), vec!["hello"]);
+        assert_eq!(texts(s.push(b"ld\n")), vec!["world"]);
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn splitter_treats_crlf_as_one_line_end() {
+        let mut s = LineSplitter::default();
+        assert_eq!(texts(s.push(b"a\r")), vec!["a"]);
+        assert_eq!(texts(s.push(b"\nb\r\n")), vec!["b"]);
+    }
+
+    #[test]
+    fn splitter_keeps_every_progress_redraw() {
+        let mut s = LineSplitter::default();
+        let lines = texts(s.push(b" 10%\r 50%\r100%\n"));
+        assert_eq!(lines, vec![" 10%", " 50%", "100%"]);
+    }
+
+    #[test]
+    fn splitter_keeps_empty_lines() {
+        let mut s = LineSplitter::default();
+        assert_eq!(texts(s.push(b"a\n\nb\n")), vec!["a", "", "b"]);
+    }
+
+    #[test]
+    fn splitter_flushes_unterminated_last_line() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"no newline").is_empty());
+        assert_eq!(s.finish().unwrap().text, "no newline");
+    }
+
+    #[test]
+    fn splitter_cuts_long_line_without_loss() {
+        let mut s = LineSplitter::with_max_line_bytes(8);
+        let mut lines = s.push(b"0123456789abcdefXYZ\n");
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].continued && lines[1].continued && !lines[2].continued);
+        let whole: String = lines.drain(..).map(|l| l.text).collect();
+        assert_eq!(whole, "0123456789abcdefXYZ");
+    }
+
+    #[test]
+    fn splitter_never_splits_a_character() {
+        let mut s = LineSplitter::with_max_line_bytes(4);
+        // "aé€" is 1 + 2 + 3 bytes; no piece may end inside the 3-byte euro sign.
+        let lines = s.push("aé€b\n".as_bytes());
+        let whole: String = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(whole, "aé€b");
+        assert!(lines.iter().all(|l| !l.text.contains('\u{fffd}')));
+    }
+
+    #[test]
+    fn splitter_memory_stays_bounded() {
+        let mut s = LineSplitter::with_max_line_bytes(1024);
+        let chunk = vec![b'x'; 4096];
+        let mut total = 0;
+        for _ in 0..100 {
+            total += s.push(&chunk).iter().map(|l| l.text.len()).sum::<usize>();
+            assert!(s.buffer.len() < 1024);
+        }
+        total += s.finish().map_or(0, |l| l.text.len());
+        assert_eq!(total, 409_600);
+    }
+
+    #[test]
+    fn splitter_replaces_invalid_utf8() {
+        let mut s = LineSplitter::default();
+        assert_eq!(texts(s.push(b"a\xffb\n")), vec!["a\u{fffd}b"]);
+    }
+
+    #[tokio::test]
+    async fn sink_keeps_last_lines_as_tail() {
+        let (tx, mut rx) = mpsc::channel(1000);
+        let mut sink = OutputSink::new("train", tx);
+        for i in 0..30 {
+            sink.write(OutputStream::Stdout, format!("line {i}\n").as_bytes())
+                .await;
+        }
+        sink.write(OutputStream::Stderr, b"last words").await;
+        sink.finish().await;
+        let tail = sink.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail.last().unwrap(), "last words");
+        assert_eq!(tail.first().unwrap(), "line 11");
+        drop(sink);
+        let mut count = 0;
+        while rx.recv().await.is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 31);
+    }
+}

@@ -1,0 +1,354 @@
+//! Scheduler tests against the in-memory engine, on tokio's paused clock so that the
+//! scripted durations decide the order and the tests take no real time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::engine::memory::{MemoryEngine, Record, Script};
+use crate::spec::{ContainerSpec, Resources, StepSpec};
+
+fn step(name: &str, upstream: &[&str]) -> StepSpec {
+    StepSpec {
+        name: name.into(),
+        upstream: upstream.iter().map(|s| s.to_string()).collect(),
+        container: ContainerSpec {
+            name: name.into(),
+            image: "img".into(),
+            ..Default::default()
+        },
+    }
+}
+
+fn spec(steps: Vec<StepSpec>, mode: ExecutionMode) -> RunSpec {
+    RunSpec {
+        run_id: "run".into(),
+        steps,
+        execution_mode: mode,
+        max_parallelism: None,
+    }
+}
+
+fn lasting(seconds: u64) -> Script {
+    Script {
+        duration: Duration::from_secs(seconds),
+        ..Default::default()
+    }
+}
+
+fn failing_after(seconds: u64) -> Script {
+    Script {
+        duration: Duration::from_secs(seconds),
+        exit_code: 3,
+        output: vec!["loading data".into(), "ValueError: bad row".into()],
+        ..Default::default()
+    }
+}
+
+/// The result of one scheduler run: its status, every event and the engine it used.
+struct Outcome {
+    status: RunStatus,
+    events: Vec<Event>,
+    engine: Arc<MemoryEngine>,
+}
+
+impl Outcome {
+    fn final_steps(&self) -> &BTreeMap<String, StepReport> {
+        match self.events.last() {
+            Some(Event::RunFinished { steps, .. }) => steps,
+            other => panic!("last event is not RunFinished: {other:?}"),
+        }
+    }
+
+    fn state(&self, step: &str) -> StepState {
+        self.final_steps()[step].state
+    }
+
+    fn message(&self, step: &str) -> String {
+        self.final_steps()[step].message.clone().unwrap_or_default()
+    }
+
+    fn position(&self, record: Record) -> usize {
+        let records = self.engine.records();
+        records
+            .iter()
+            .position(|r| *r == record)
+            .unwrap_or_else(|| panic!("{record:?} not in {records:?}"))
+    }
+
+    fn started(&self, step: &str) -> bool {
+        self.engine.records().contains(&Record::Started(step.into()))
+    }
+}
+
+async fn execute(spec: RunSpec, engine: MemoryEngine, cancel_after: Option<Duration>) -> Outcome {
+    spec.validate().expect("test spec is valid");
+    let engine = Arc::new(engine);
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let (trigger, cancel) = StopSignal::new();
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(event) = events_rx.recv().await {
+            events.push(event);
+        }
+        events
+    });
+    let canceller = tokio::spawn(async move {
+        if let Some(delay) = cancel_after {
+            tokio::time::sleep(delay).await;
+            trigger.fire();
+        } else {
+            // Keep the trigger alive so the signal never fires.
+            std::future::pending::<()>().await;
+        }
+    });
+
+    let status = run(Arc::new(spec), Arc::clone(&engine), events_tx, cancel).await;
+    canceller.abort();
+    Outcome {
+        status,
+        events: collector.await.unwrap(),
+        engine,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn diamond_runs_in_dependency_order() {
+    let spec = spec(
+        vec![
+            step("d", &["b", "c"]),
+            step("b", &["a"]),
+            step("c", &["a"]),
+            step("a", &[]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    let outcome = execute(spec, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    let a_exit = outcome.position(Record::Exited("a".into()));
+    assert!(a_exit < outcome.position(Record::Started("b".into())));
+    assert!(a_exit < outcome.position(Record::Started("c".into())));
+    let d_start = outcome.position(Record::Started("d".into()));
+    assert!(outcome.position(Record::Exited("b".into())) < d_start);
+    assert!(outcome.position(Record::Exited("c".into())) < d_start);
+    assert_eq!(outcome.engine.max_running(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn step_starts_when_its_upstream_finishes() {
+    // `fast_child` must not wait for the unrelated `slow` step.
+    let spec = spec(
+        vec![
+            step("slow", &[]),
+            step("fast", &[]),
+            step("fast_child", &["fast"]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    let engine = MemoryEngine::with_scripts([("slow", lasting(10)), ("fast", lasting(1))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert!(
+        outcome.position(Record::Started("fast_child".into()))
+            < outcome.position(Record::Exited("slow".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallelism_limit_caps_running_steps() {
+    let steps: Vec<StepSpec> = ["s1", "s2", "s3", "s4", "s5", "s6"]
+        .iter()
+        .map(|name| step(name, &[]))
+        .collect();
+    let mut limited = spec(steps.clone(), ExecutionMode::FailFast);
+    limited.max_parallelism = Some(2);
+    let outcome = execute(limited, MemoryEngine::default(), None).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(outcome.engine.max_running(), 2);
+
+    let unlimited = spec(steps, ExecutionMode::FailFast);
+    let outcome = execute(unlimited, MemoryEngine::default(), None).await;
+    assert_eq!(outcome.engine.max_running(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_stops_running_steps() {
+    let spec = spec(
+        vec![
+            step("bad", &[]),
+            step("long", &[]),
+            step("after_long", &["long"]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(1)), ("long", lasting(60))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.state("bad"), StepState::Failed);
+    assert_eq!(outcome.state("long"), StepState::Stopped);
+    assert_eq!(outcome.state("after_long"), StepState::Skipped);
+    assert!(!outcome.started("after_long"));
+    assert!(outcome.message("long").contains("step `bad` failed"));
+    assert!(outcome.message("after_long").contains("not started because step `bad` failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_on_failure_lets_running_steps_finish() {
+    let spec = spec(
+        vec![
+            step("bad", &[]),
+            step("long", &[]),
+            step("after_long", &["long"]),
+        ],
+        ExecutionMode::StopOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(1)), ("long", lasting(5))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.state("long"), StepState::Succeeded);
+    assert_eq!(outcome.state("after_long"), StepState::Skipped);
+    assert!(!outcome.started("after_long"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn continue_on_failure_skips_only_downstream() {
+    let spec = spec(
+        vec![
+            step("bad", &[]),
+            step("bad_child", &["bad"]),
+            step("bad_grandchild", &["bad_child"]),
+            step("good", &[]),
+            step("good_child", &["good"]),
+            step("join", &["bad_child", "good_child"]),
+        ],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(1)), ("good", lasting(3))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.state("bad"), StepState::Failed);
+    assert_eq!(outcome.state("bad_child"), StepState::Skipped);
+    assert_eq!(outcome.state("bad_grandchild"), StepState::Skipped);
+    assert_eq!(outcome.state("join"), StepState::Skipped);
+    assert_eq!(outcome.state("good"), StepState::Succeeded);
+    assert_eq!(outcome.state("good_child"), StepState::Succeeded);
+    assert!(outcome.message("bad_grandchild").contains("upstream step `bad` failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_running_and_skips_waiting() {
+    let spec = spec(
+        vec![
+            step("a", &[]),
+            step("b", &[]),
+            step("c", &["a"]),
+        ],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([("a", lasting(60)), ("b", lasting(60))]);
+    let outcome = execute(spec, engine, Some(Duration::from_secs(2))).await;
+
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(outcome.state("a"), StepState::Stopped);
+    assert_eq!(outcome.state("b"), StepState::Stopped);
+    assert_eq!(outcome.state("c"), StepState::Skipped);
+    assert!(outcome.message("c").contains("cancelled"));
+    let records = outcome.engine.records();
+    assert!(records.contains(&Record::Stopped("a".into())));
+    assert!(records.contains(&Record::Stopped("b".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_message_has_exit_code_and_output() {
+    let spec = spec(vec![step("bad", &[])], ExecutionMode::FailFast);
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(1))]);
+    let outcome = execute(spec, engine, None).await;
+
+    let message = outcome.message("bad");
+    assert!(message.contains("step `bad` failed with exit code 3"), "{message}");
+    assert!(message.contains("ValueError: bad row"), "{message}");
+    assert_eq!(outcome.final_steps()["bad"].exit_code, Some(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_failure_names_memory_limit() {
+    let mut hungry = step("hungry", &[]);
+    hungry.container.resources = Resources {
+        memory_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let spec = spec(vec![hungry], ExecutionMode::FailFast);
+    let script = Script {
+        exit_code: 137,
+        oom_killed: true,
+        ..Default::default()
+    };
+    let outcome = execute(spec, MemoryEngine::with_scripts([("hungry", script)]), None).await;
+
+    let report = &outcome.final_steps()["hungry"];
+    assert!(report.oom_killed);
+    let message = report.message.clone().unwrap();
+    assert!(message.contains("ran out of memory"), "{message}");
+    assert!(message.contains("64.0 MiB"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_error_fails_step() {
+    let spec = spec(
+        vec![step("broken", &[]), step("child", &["broken"])],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let script = Script {
+        start_error: true,
+        ..Default::default()
+    };
+    let outcome = execute(spec, MemoryEngine::with_scripts([("broken", script)]), None).await;
+
+    assert_eq!(outcome.state("broken"), StepState::Failed);
+    assert!(outcome.message("broken").contains("could not run"));
+    assert_eq!(outcome.state("child"), StepState::Skipped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_carry_output_then_finish_last() {
+    let spec = spec(vec![step("talker", &[])], ExecutionMode::FailFast);
+    let script = Script {
+        output: vec!["hello".into(), "world".into()],
+        ..Default::default()
+    };
+    let outcome = execute(spec, MemoryEngine::with_scripts([("talker", script)]), None).await;
+
+    let lines: Vec<&str> = outcome
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Log { step, line, .. } if step == "talker" => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, vec!["hello", "world"]);
+    let states: Vec<StepState> = outcome
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Step { report, .. } => Some(report.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, vec![StepState::Running, StepState::Succeeded]);
+    assert!(matches!(outcome.events.last(), Some(Event::RunFinished { .. })));
+}
+
+#[test]
+fn format_bytes_picks_readable_unit() {
+    assert_eq!(format_bytes(512), "512 B");
+    assert_eq!(format_bytes(64 << 20), "64.0 MiB (67108864 bytes)");
+    assert_eq!(format_bytes(3 << 30), "3.0 GiB (3221225472 bytes)");
+}
