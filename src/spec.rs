@@ -79,7 +79,7 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub working_dir: Option<String>,
     #[serde(default)]
-    pub mounts: Vec<BindMount>,
+    pub mounts: Vec<Mount>,
     /// `host:address` entries for `/etc/hosts`; `host-gateway` is Docker's name for the host.
     #[serde(default)]
     pub extra_hosts: Vec<String>,
@@ -107,11 +107,26 @@ fn default_stop_grace_period() -> u32 {
     10
 }
 
-/// A host path mounted into the container.
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountKind {
+    /// A host path; it must exist.
+    #[default]
+    Bind,
+    /// A named Docker volume; Docker creates it if it does not exist.
+    Volume,
+}
+
+/// A host path or named volume mounted into the container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BindMount {
+pub struct Mount {
+    #[serde(default)]
+    pub kind: MountKind,
+    /// Host path for a bind mount, volume name for a volume.
     pub source: String,
+    /// Absolute path inside the container.
     pub target: String,
     #[serde(default)]
     pub read_only: bool,

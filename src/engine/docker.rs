@@ -20,7 +20,7 @@ use super::{ContainerEngine, ContainerExit, StopSignal};
 use crate::error::Error;
 use crate::events::OutputStream;
 use crate::logs::OutputSink;
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, MountKind};
 
 /// Time allowed to connect to the daemon and get an answer before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -371,7 +371,10 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         .mounts
         .iter()
         .map(|m| Mount {
-            typ: Some(MountType::BIND),
+            typ: Some(match m.kind {
+                MountKind::Bind => MountType::BIND,
+                MountKind::Volume => MountType::VOLUME,
+            }),
             source: Some(m.source.clone()),
             target: Some(m.target.clone()),
             read_only: Some(m.read_only),

@@ -1,0 +1,122 @@
+"""Typed interface of the native module `zenml_docker_rs._core` (Rust, pyo3).
+
+This is the boundary between the Python shim and the Rust core. The core knows
+nothing about ZenML: it runs a DAG of containers described by a run spec.
+
+Run spec (a plain dict; unknown keys are rejected):
+
+    run_id: str                      unique id of the run
+    execution_mode: str              "fail_fast" (default), "stop_on_failure" or
+                                     "continue_on_failure"
+    max_parallelism: int | None      most containers running at once; None = no limit
+    steps: list of
+        name: str                    unique within the run
+        upstream: list[str]          steps that must succeed first
+        container:
+            name: str                container name, unique on the Docker host
+            image: str               pulled if missing
+            entrypoint: list[str]    replaces the image's entrypoint if not empty
+            command: list[str]       arguments; replaces the image's command if not empty
+            env: dict[str, str]
+            env_path_append: dict[str, str]   appended with ":" to the value from
+                                     env, else from the image (for PYTHONPATH)
+            labels: dict[str, str]
+            user: str | None         "uid", "uid:gid" or a name; None = image's user
+            working_dir: str | None
+            mounts: list of {kind: "bind" | "volume", source, target, read_only}
+            extra_hosts: list[str]   "name:address"; "host-gateway" is the host
+            network: str | None
+            shm_size_bytes: int | None
+            resources: {cpu_count: float | None, memory_bytes: int | None,
+                        gpu_count: int | None}
+            devices: list of {host_path, container_path, permissions}
+            privileged: bool
+            stop_grace_period_secs: int   SIGTERM-to-SIGKILL time on stop (default 10)
+            keep_if_failed: bool     keep a failed container instead of removing it
+
+Events (dicts, in order per step; "run_finished" is always last):
+
+    {"kind": "log", "step", "stream": "stdout" | "stderr", "line", "continued"}
+        one output line without its terminator; lines over 64 KiB come in pieces,
+        "continued" is true on all but the last piece
+    {"kind": "step", "step", "state", "container_id", "exit_code", "oom_killed", "message"}
+        state is "running", "succeeded", "failed", "stopped" or "skipped"
+    {"kind": "run_finished", "status", "steps"}
+        status is "succeeded", "failed" or "cancelled"; steps maps each step name
+        to its final report (the fields of a "step" event without "kind" and "step")
+"""
+
+from typing import Any, Dict, List, Optional
+
+__version__: str
+
+class SpecError(ValueError):
+    """The run spec is invalid; the message names the steps or values at fault."""
+
+class DockerUnavailableError(ConnectionError):
+    """The Docker daemon cannot be reached; the message names the address tried."""
+
+class ImageUnavailableError(RuntimeError):
+    """An image is missing on the Docker host and could not be pulled."""
+
+class EngineError(RuntimeError):
+    """A Docker API call failed, or the core hit an internal error."""
+
+def validate_spec(spec: Dict[str, Any]) -> None:
+    """Check a run spec without running it.
+
+    Raises:
+        SpecError: If keys are unknown or missing, step names repeat, an upstream
+            step does not exist or the steps form a cycle.
+    """
+
+def check_docker(docker_host: Optional[str] = None) -> str:
+    """Check that the Docker daemon answers within 5 seconds.
+
+    Args:
+        docker_host: Daemon address; default `DOCKER_HOST`, else the local socket.
+
+    Returns:
+        The address that answered.
+
+    Raises:
+        DockerUnavailableError: If the daemon cannot be reached.
+    """
+
+def start_run(spec: Dict[str, Any], docker_host: Optional[str] = None) -> RunHandle:
+    """Validate the spec, connect to Docker, make sure every image is present, start the run.
+
+    Every error of these checks is raised before any container starts.
+
+    Args:
+        spec: The run spec described in this module's docstring.
+        docker_host: Daemon address; default `DOCKER_HOST`, else the local socket.
+
+    Returns:
+        The handle of the running run.
+
+    Raises:
+        SpecError: If the spec is invalid.
+        DockerUnavailableError: If the daemon cannot be reached within 5 seconds.
+        ImageUnavailableError: If an image is missing and cannot be pulled.
+    """
+
+class RunHandle:
+    """A started run. Take its events until `next_events` returns None.
+
+    Dropping the handle before the run ended cancels the run.
+    """
+
+    run_id: str
+
+    def next_events(self, timeout: float) -> Optional[List[Dict[str, Any]]]:
+        """Wait up to `timeout` seconds for events, with the GIL released.
+
+        Returns:
+            The events available (an empty list if none came in time), or None once
+            the run has ended and every event was taken.
+        """
+
+    def cancel(self) -> None:
+        """Ask the run to stop: no new step starts, running containers are stopped
+        (SIGTERM, SIGKILL after their grace period) and removed. Returns at once."""
