@@ -13,7 +13,7 @@ if [[ "${REBUILD:-0}" != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; 
     exit 0
 fi
 # A dynamic busybox would need the host's libc inside the image. ldd exits 1 on a
-# static binary, so its output is what tells.
+# static binary, so the check reads its output instead.
 ldd_output=$(ldd "$busybox" 2>&1 || true)
 if ! "$busybox" --list >/dev/null 2>&1 || [[ "$ldd_output" != *"not a dynamic executable"* ]]; then
     echo "error: $busybox is missing or not static; on Debian: apt-get install busybox-static" >&2

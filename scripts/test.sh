@@ -22,5 +22,6 @@ bash scripts/build-test-image.sh
 
 cargo test --locked
 
-# The installed wheel, not the source tree, is what the tests import: run from tests/.
+# The package source sits under python/, off sys.path, so the tests import the
+# wheel installed above.
 "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
