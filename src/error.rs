@@ -9,7 +9,7 @@ pub enum Error {
     #[error("invalid run spec: {0}")]
     InvalidSpec(String),
 
-    /// The Docker daemon could not be reached or did not answer.
+    /// The Docker daemon could not be reached, or its response did not come in time.
     #[error(
         "cannot connect to the Docker daemon at {host}: {reason}. \
          Start the daemon (for example `sudo systemctl start docker`, or run `dockerd`), \
@@ -32,7 +32,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// A bug in the core, not in the input: the message says what broke.
+    /// A bug in the core, not in the input. The message describes what broke.
     #[error("internal error in zenml-docker-rs: {0}")]
     Internal(String),
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// Which output stream of a container a line came from.
+/// Output stream of a container that a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
@@ -37,7 +37,7 @@ impl StepState {
     }
 }
 
-/// How the run ended.
+/// Final status of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -47,7 +47,7 @@ pub enum RunStatus {
     Cancelled,
 }
 
-/// What is known about a step when its state changes.
+/// Report of a step's state, sent when the state changes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepReport {
     pub state: StepState,

@@ -2,8 +2,8 @@
 //!
 //! The core runs a DAG of containers described by a [`spec::RunSpec`] on a
 //! [`engine::ContainerEngine`] and reports what happens as [`events::Event`]s. The
-//! Python module `zenml_docker_rs._core`, defined at the bottom of this file when the
-//! `python` feature is on, is the only way in from Python; its typed stub
+//! Python module `zenml_docker_rs._core` is defined at the bottom of this file when the
+//! `python` feature is on. It is the only way in from Python, and its typed stub
 //! `python/zenml_docker_rs/_core.pyi` documents it.
 
 pub mod engine;
@@ -64,7 +64,8 @@ mod python {
         }
     }
 
-    /// One tokio runtime for the process; runs outlive the Python calls that start them.
+    /// Returns the process's one tokio runtime. Runs outlive the Python calls that start
+    /// them, so the runtime lives as long as the process.
     fn runtime() -> &'static Runtime {
         static RUNTIME: OnceLock<Runtime> = OnceLock::new();
         RUNTIME.get_or_init(|| {
@@ -89,7 +90,7 @@ mod python {
         parse_spec(spec).map(|_| ())
     }
 
-    /// Checks that the Docker daemon answers; returns the address that was used.
+    /// Checks that the Docker daemon responds and returns the address that was used.
     #[pyfunction]
     #[pyo3(signature = (docker_host=None))]
     fn check_docker(py: Python<'_>, docker_host: Option<String>) -> PyResult<String> {
@@ -155,8 +156,8 @@ mod python {
     #[pymethods]
     impl RunHandle {
         /// Waits up to `timeout` seconds for events and returns those available, as
-        /// dicts; an empty list when none came in time, `None` once the run has ended and
-        /// every event was taken. The GIL is released while waiting.
+        /// dicts. Returns an empty list when none came in time, and `None` once the run
+        /// has ended and every event was taken. The GIL is released while waiting.
         fn next_events<'py>(
             &self,
             py: Python<'py>,
@@ -192,8 +193,8 @@ mod python {
     }
 
     impl Drop for RunHandle {
-        /// A handle dropped without a finished run cancels it, so its containers do not
-        /// outlive every way to observe them.
+        /// Cancels a run whose handle is dropped before it finished, so its containers
+        /// do not outlive every way to observe them.
         fn drop(&mut self) {
             self.cancel.fire();
         }

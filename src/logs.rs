@@ -13,13 +13,14 @@ use tokio::sync::mpsc;
 
 use crate::events::{Event, OutputStream};
 
-/// Longest piece of a line sent as one event.
+/// Maximum size of the piece of a line sent as one event.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Lines kept per step for the error message of a failed step.
 pub const TAIL_LINES: usize = 20;
 
-/// Longest line kept in the tail; longer ones are shortened there (not in the log events).
+/// Maximum length of a line kept in the tail. Longer lines are shortened there, but not
+/// in the log events.
 const TAIL_LINE_CHARS: usize = 500;
 
 /// A finished line, or a piece of a line that is longer than [`MAX_LINE_BYTES`].
@@ -173,7 +174,7 @@ impl OutputSink {
         }
     }
 
-    /// The last lines of output, oldest first, each shortened to a readable length.
+    /// Returns the last lines of output, oldest first, each shortened to a readable length.
     pub fn tail(&self) -> Vec<String> {
         self.tail.iter().cloned().collect()
     }
@@ -193,8 +194,8 @@ impl OutputSink {
             line: line.text,
             continued: line.continued,
         };
-        // A closed channel means nobody observes the run any more; the output is
-        // still read so the container can finish and be cleaned up.
+        // A closed channel means the observer is gone. The output is still read so
+        // the container can finish and be cleaned up.
         let _ = self.events.send(event).await;
     }
 
@@ -259,7 +260,9 @@ mod tests {
         let mut s = LineSplitter::with_max_line_bytes(8);
         let mut lines = s.push(b"0123456789abcdefXYZ\n");
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].continued && lines[1].continued && !lines[2].continued);
+        assert!(lines[0].continued);
+        assert!(lines[1].continued);
+        assert!(!lines[2].continued);
         let whole: String = lines.drain(..).map(|l| l.text).collect();
         assert_eq!(whole, "0123456789abcdefXYZ");
     }

@@ -16,7 +16,7 @@
 //! after the engine has reported every started container as finished, so when it
 //! returns, the run has no container left, except failed ones the spec asked to keep.
 //!
-//! Nothing here knows about Docker; the engine does.
+//! This module has no Docker types: the engine handles Docker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::events::{Event, RunStatus, StepReport, StepState};
 use crate::logs::OutputSink;
 use crate::spec::{ExecutionMode, RunSpec};
 
-/// Where a step is in its life, from the scheduler's point of view.
+/// Life-cycle phase of a step, from the scheduler's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Waiting,
@@ -38,8 +38,8 @@ enum Phase {
     Finished(StepState),
 }
 
-/// What a step task hands back: the step index, how the container ended and the last
-/// lines of its output.
+/// Result of a step task: the step index, the container's exit and the last lines of
+/// its output.
 type StepResult = (usize, Result<ContainerExit, Error>, Vec<String>);
 
 /// Runs every step of `spec` on `engine`, sends [`Event`]s to `events` and returns the
@@ -132,7 +132,7 @@ struct RunState<'a> {
     phases: Vec<Phase>,
     reports: Vec<StepReport>,
     events: mpsc::Sender<Event>,
-    /// Why no further step may start; `None` while steps may still start.
+    /// Reason no further step may start; `None` while steps may still start.
     halt_reason: Option<String>,
     cancelled: bool,
 }
@@ -284,7 +284,8 @@ impl<'a> RunState<'a> {
             step: self.spec.steps[index].name.clone(),
             report,
         };
-        // Nobody listening is no reason to stop the run; the run still cleans up.
+        // A closed channel means the observer is gone. The run goes on so it still
+        // cleans up its containers.
         let _ = self.events.send(event).await;
     }
 }

@@ -1,8 +1,8 @@
 //! The run spec: the plain description of a run that crosses from Python into the core.
 //!
 //! A [`RunSpec`] is a DAG of steps, each of which is one container described by a
-//! [`ContainerSpec`]. Nothing here knows about ZenML; the Python shim translates a ZenML
-//! snapshot into this structure. [`RunSpec::validate`] checks the DAG before any
+//! [`ContainerSpec`]. This module has no ZenML concepts: the Python shim translates a
+//! ZenML snapshot into this structure. [`RunSpec::validate`] checks the DAG before any
 //! container starts, so a bad spec never leaves half a run behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

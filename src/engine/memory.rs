@@ -11,7 +11,7 @@ use crate::events::OutputStream;
 use crate::logs::OutputSink;
 use crate::spec::ContainerSpec;
 
-/// What a fake container does.
+/// Scripted behaviour of a fake container.
 #[derive(Debug, Clone)]
 pub struct Script {
     pub duration: Duration,
@@ -66,7 +66,7 @@ impl MemoryEngine {
         self.records.lock().unwrap().clone()
     }
 
-    /// The most containers that ran at the same time.
+    /// Returns the maximum number of containers that ran at the same time.
     pub fn max_running(&self) -> usize {
         self.max_running.load(Ordering::SeqCst)
     }

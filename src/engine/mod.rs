@@ -1,6 +1,6 @@
 //! Container engines: what the scheduler needs from whatever runs the containers.
 //!
-//! The scheduler only ever asks an engine two things: make sure an image is there, and
+//! The scheduler needs two operations from an engine: make sure an image is there, and
 //! run one container to the end. [`docker::DockerEngine`] does this with the Docker
 //! Engine API; the in-memory engine in the scheduler tests does it without Docker, and a
 //! Swarm engine can implement the same trait later.
@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::logs::OutputSink;
 use crate::spec::ContainerSpec;
 
-/// How a container ended.
+/// Exit of a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerExit {
     pub container_id: String,
@@ -54,7 +54,7 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// to exit and removes it (unless `spec.keep_if_failed` and it failed).
     ///
     /// Returns an error only when the container could not be created or started, or
-    /// when the engine lost track of it; a non-zero exit is a normal [`ContainerExit`].
+    /// when the engine lost track of it. A non-zero exit is a normal [`ContainerExit`].
     fn run_container(
         &self,
         spec: &ContainerSpec,
