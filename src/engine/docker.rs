@@ -177,7 +177,9 @@ impl DockerEngine {
     /// it when `stop` fires. Returns the exit code and whether the container was stopped.
     ///
     /// The output is read from the start of the container's log, so nothing printed
-    /// before this call, or by a container that has already exited, is missed.
+    /// before this call, or by a container that has already exited, is missed. Output
+    /// the followed log stream missed at the end is read again once the container has
+    /// exited; see [`DockerEngine::write_missed_output`].
     pub async fn follow(
         &self,
         id: &str,
@@ -197,16 +199,16 @@ impl DockerEngine {
         let mut exit_code = None;
         let mut output_done = false;
         let mut stop_request = None;
+        let mut written = WrittenBytes::default();
         while exit_code.is_none() || !output_done {
             tokio::select! {
                 chunk = logs.next(), if !output_done => match chunk {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        output.write(OutputStream::Stdout, &message).await;
+                    Some(Ok(chunk)) => {
+                        if let Some((stream, message)) = output_of(&chunk) {
+                            *written.of(stream) += message.len();
+                            output.write(stream, message).await;
+                        }
                     }
-                    Some(Ok(LogOutput::StdErr { message } | LogOutput::Console { message })) => {
-                        output.write(OutputStream::Stderr, &message).await;
-                    }
-                    Some(Ok(LogOutput::StdIn { .. })) => {}
                     Some(Err(e)) => {
                         let notice = format!("[zenml-docker-rs] reading output failed: {e}\n");
                         output.write(OutputStream::Stderr, notice.as_bytes()).await;
@@ -227,6 +229,7 @@ impl DockerEngine {
                 }
             }
         }
+        self.write_missed_output(id, written, output).await;
         output.finish().await;
 
         let stopped = stop_request.is_some();
@@ -237,6 +240,43 @@ impl DockerEngine {
             }
         }
         Ok((exit_code.unwrap_or(-1), stopped))
+    }
+
+    /// Writes the output of an exited container that the followed log stream missed.
+    ///
+    /// A followed log stream of Docker 20.10 can end before it has sent the last entries
+    /// of the log. An unterminated last line, which Docker logs only when the container
+    /// exits, is lost that way in some runs (upstream report:
+    /// <https://github.com/moby/moby/issues/43860>). Docker finishes writing the log before
+    /// it reports the container as exited, and the followed stream sent the start of each
+    /// stream of that log, so the bytes past `written` are exactly the missed output.
+    ///
+    /// NOTE: this reads the whole log a second time, which costs as much as the output
+    /// was long. Reading only its end would need log timestamps to find the position.
+    async fn write_missed_output(&self, id: &str, written: WrittenBytes, output: &mut OutputSink) {
+        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+        let mut logs = self.docker.logs(id, Some(options));
+        let mut to_skip = written;
+        while let Some(chunk) = logs.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let notice =
+                        format!("[zenml-docker-rs] reading the end of the output failed: {e}\n");
+                    output.write(OutputStream::Stderr, notice.as_bytes()).await;
+                    return;
+                }
+            };
+            let Some((stream, message)) = output_of(&chunk) else {
+                continue;
+            };
+            let skip = to_skip.of(stream);
+            let skipped = (*skip).min(message.len());
+            *skip -= skipped;
+            if skipped < message.len() {
+                output.write(stream, &message[skipped..]).await;
+            }
+        }
     }
 
     /// Returns the image's own environment as a map, for values the spec appends to.
@@ -352,6 +392,34 @@ impl ContainerEngine for DockerEngine {
             self.remove(&exit.container_id).await?;
         }
         Ok(exit)
+    }
+}
+
+/// Numbers of container output bytes written to the sink, per stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct WrittenBytes {
+    stdout: usize,
+    stderr: usize,
+}
+
+impl WrittenBytes {
+    fn of(&mut self, stream: OutputStream) -> &mut usize {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
+/// Returns the stream and bytes of a chunk of container output, or `None` for input.
+/// Terminal output (a container with a TTY has no separate stderr) goes to stderr.
+fn output_of(chunk: &LogOutput) -> Option<(OutputStream, &[u8])> {
+    match chunk {
+        LogOutput::StdOut { message } => Some((OutputStream::Stdout, message)),
+        LogOutput::StdErr { message } | LogOutput::Console { message } => {
+            Some((OutputStream::Stderr, message))
+        }
+        LogOutput::StdIn { .. } => None,
     }
 }
 
