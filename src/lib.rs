@@ -45,7 +45,12 @@ mod python {
         PyRuntimeError,
         "An image is missing and could not be pulled."
     );
-    create_exception!(_core, EngineError, PyRuntimeError, "A Docker API call failed.");
+    create_exception!(
+        _core,
+        EngineError,
+        PyRuntimeError,
+        "A Docker API call failed."
+    );
 
     /// Events buffered between the run and Python. When full, the run waits for Python
     /// to take events, which bounds memory whatever the steps print.
@@ -136,7 +141,12 @@ mod python {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         let (cancel_trigger, cancel_signal) = StopSignal::new();
         let run_id = spec.run_id.clone();
-        runtime().spawn(scheduler::run(spec, Arc::new(engine), events_tx, cancel_signal));
+        runtime().spawn(scheduler::run(
+            spec,
+            Arc::new(engine),
+            events_tx,
+            cancel_signal,
+        ));
         Ok(RunHandle {
             run_id,
             events: Mutex::new(events_rx),
@@ -229,8 +239,14 @@ mod python {
         m.add_class::<RunHandle>()?;
         let py = m.py();
         m.add("SpecError", py.get_type::<SpecError>())?;
-        m.add("DockerUnavailableError", py.get_type::<DockerUnavailableError>())?;
-        m.add("ImageUnavailableError", py.get_type::<ImageUnavailableError>())?;
+        m.add(
+            "DockerUnavailableError",
+            py.get_type::<DockerUnavailableError>(),
+        )?;
+        m.add(
+            "ImageUnavailableError",
+            py.get_type::<ImageUnavailableError>(),
+        )?;
         m.add("EngineError", py.get_type::<EngineError>())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())

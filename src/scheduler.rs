@@ -71,7 +71,8 @@ pub async fn run<E: ContainerEngine>(
                     signal,
                 ));
                 task_steps.insert(handle.id(), index);
-                state.set(index, Phase::Running, StepReport::new(StepState::Running))
+                state
+                    .set(index, Phase::Running, StepReport::new(StepState::Running))
                     .await;
             }
         }
@@ -120,7 +121,9 @@ async fn run_step<E: ContainerEngine>(
 ) -> StepResult {
     let step = &spec.steps[index];
     let mut output = OutputSink::new(step.name.clone(), events);
-    let result = engine.run_container(&step.container, &mut output, stop).await;
+    let result = engine
+        .run_container(&step.container, &mut output, stop)
+        .await;
     (index, result, output.tail())
 }
 
@@ -143,7 +146,12 @@ impl<'a> RunState<'a> {
         let upstream = spec
             .steps
             .iter()
-            .map(|step| step.upstream.iter().map(|name| index[name.as_str()]).collect())
+            .map(|step| {
+                step.upstream
+                    .iter()
+                    .map(|name| index[name.as_str()])
+                    .collect()
+            })
             .collect();
         let downstream = spec.downstream_indices(&index);
         RunState {
@@ -210,8 +218,9 @@ impl<'a> RunState<'a> {
         let name = &self.spec.steps[failed].name;
         match self.spec.execution_mode {
             ExecutionMode::FailFast => {
-                self.halt_reason
-                    .get_or_insert_with(|| format!("step `{name}` failed (execution mode fail_fast)"));
+                self.halt_reason.get_or_insert_with(|| {
+                    format!("step `{name}` failed (execution mode fail_fast)")
+                });
                 for trigger in stop_triggers.values() {
                     trigger.fire();
                 }
@@ -233,8 +242,9 @@ impl<'a> RunState<'a> {
             if self.phases[index] != Phase::Waiting {
                 continue;
             }
-            let report = StepReport::new(StepState::Skipped)
-                .with_message(format!("skipped because upstream step `{failed_name}` failed"));
+            let report = StepReport::new(StepState::Skipped).with_message(format!(
+                "skipped because upstream step `{failed_name}` failed"
+            ));
             self.set(index, Phase::Finished(StepState::Skipped), report)
                 .await;
             pending.extend(self.downstream[index].iter().copied());

@@ -266,7 +266,8 @@ impl RunSpec {
     /// Steps on a cycle are left out.
     pub fn topological_order(&self) -> Vec<usize> {
         let index = self.index_by_name();
-        let mut pending_upstream: Vec<usize> = self.steps.iter().map(|s| s.upstream.len()).collect();
+        let mut pending_upstream: Vec<usize> =
+            self.steps.iter().map(|s| s.upstream.len()).collect();
         let downstream = self.downstream_indices(&index);
         let mut ready: Vec<usize> = (0..self.steps.len())
             .filter(|&i| pending_upstream[i] == 0)
@@ -359,7 +360,10 @@ mod tests {
     fn validate_names_unknown_upstream() {
         let spec = run(vec![step("a", &[]), step("b", &["missing"])]);
         let msg = message(&spec);
-        assert!(msg.contains("step `b` depends on unknown step `missing`"), "{msg}");
+        assert!(
+            msg.contains("step `b` depends on unknown step `missing`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -404,7 +408,9 @@ mod tests {
     #[test]
     fn spec_rejects_unknown_fields() {
         let json = r#"{"run_id": "r", "steps": [], "max_paralelism": 2}"#;
-        let err = serde_json::from_str::<RunSpec>(json).unwrap_err().to_string();
+        let err = serde_json::from_str::<RunSpec>(json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_paralelism"), "{err}");
     }
 }

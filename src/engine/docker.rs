@@ -25,8 +25,9 @@ use crate::spec::{ContainerSpec, MountKind};
 /// Time allowed to connect to the daemon and get an answer before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long output may keep arriving after the container exited. Docker closes the
-/// output stream right after the exit; this only guards against a daemon that does not.
+/// How long the followed output stream may stay open after the container exited. Docker
+/// normally closes it at the exit, sometimes before it sent everything, which
+/// `write_missed_output` makes up for. This limit guards against a stream that stays open.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon address used when neither the caller nor `DOCKER_HOST` names one; the
@@ -51,8 +52,7 @@ impl DockerEngine {
     pub async fn connect(host: Option<&str>) -> Result<Self, Error> {
         let host = match host {
             Some(host) => host.to_string(),
-            None => std::env::var("DOCKER_HOST")
-                .unwrap_or_else(|_| DEFAULT_HOST.to_string()),
+            None => std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_string()),
         };
         let unavailable = |reason: String| Error::DockerUnavailable {
             host: host.clone(),
@@ -281,14 +281,14 @@ impl DockerEngine {
 
     /// Returns the image's own environment as a map, for values the spec appends to.
     async fn image_env(&self, image: &str) -> Result<HashMap<String, String>, Error> {
-        let inspect = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|e| Error::ImageUnavailable {
-                image: image.to_string(),
-                reason: e.to_string(),
-            })?;
+        let inspect =
+            self.docker
+                .inspect_image(image)
+                .await
+                .map_err(|e| Error::ImageUnavailable {
+                    image: image.to_string(),
+                    reason: e.to_string(),
+                })?;
         let env = inspect.config.and_then(|c| c.env).unwrap_or_default();
         Ok(env
             .into_iter()
@@ -340,7 +340,9 @@ impl ContainerEngine for DockerEngine {
         while let Some(progress) = pull.next().await {
             let progress = progress.map_err(|e| unavailable(e.to_string()))?;
             if let Some(detail) = progress.error_detail {
-                let message = detail.message.unwrap_or_else(|| "unknown pull error".into());
+                let message = detail
+                    .message
+                    .unwrap_or_else(|| "unknown pull error".into());
                 return Err(unavailable(message));
             }
         }
@@ -359,10 +361,10 @@ impl ContainerEngine for DockerEngine {
             return Ok(stopped_before_start(id));
         }
         if let Err(e) = self.start(&id).await {
-            if !spec.keep_if_failed {
-                // The start error is what the user needs; a removal error would hide it.
-                let _ = self.remove(&id).await;
-            }
+            // A container that never started has no output to debug, so it is removed
+            // even with `keep_if_failed`. The start error is what the user needs, and a
+            // removal error would hide it.
+            let _ = self.remove(&id).await;
             return Err(e);
         }
 
@@ -376,10 +378,20 @@ impl ContainerEngine for DockerEngine {
                 return Err(e);
             }
         };
-        let (inspected_code, oom_killed) = self.exit_state(&id).await?;
+        let (inspected_code, oom_killed) = match self.exit_state(&id).await {
+            Ok(state) => state,
+            Err(e) => {
+                let _ = self.remove(&id).await;
+                return Err(e);
+            }
+        };
         let mut exit = ContainerExit {
             container_id: id,
-            exit_code: if exit_code >= 0 { exit_code } else { inspected_code },
+            exit_code: if exit_code >= 0 {
+                exit_code
+            } else {
+                inspected_code
+            },
             // A container we stopped may have been SIGKILLed; that is never an OOM kill.
             oom_killed: oom_killed && !stopped,
             stopped,
@@ -513,8 +525,14 @@ mod tests {
 
     #[test]
     fn image_reference_splits_tag() {
-        assert_eq!(split_image_reference("busybox:1.36"), ("busybox", Some("1.36")));
-        assert_eq!(split_image_reference("busybox"), ("busybox", Some("latest")));
+        assert_eq!(
+            split_image_reference("busybox:1.36"),
+            ("busybox", Some("1.36"))
+        );
+        assert_eq!(
+            split_image_reference("busybox"),
+            ("busybox", Some("latest"))
+        );
         assert_eq!(
             split_image_reference("localhost:5000/team/img:v2"),
             ("localhost:5000/team/img", Some("v2"))
@@ -523,7 +541,10 @@ mod tests {
             split_image_reference("localhost:5000/img"),
             ("localhost:5000/img", Some("latest"))
         );
-        assert_eq!(split_image_reference("img@sha256:abc"), ("img@sha256:abc", None));
+        assert_eq!(
+            split_image_reference("img@sha256:abc"),
+            ("img@sha256:abc", None)
+        );
     }
 
     #[test]

@@ -89,14 +89,20 @@ impl ContainerEngine for MemoryEngine {
     ) -> Result<ContainerExit, Error> {
         let script = self.scripts.get(&spec.name).cloned().unwrap_or_default();
         if script.start_error {
-            return Err(Error::container("start", &spec.name, "scripted start error"));
+            return Err(Error::container(
+                "start",
+                &spec.name,
+                "scripted start error",
+            ));
         }
         self.record(Record::Started(spec.name.clone()));
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(running, Ordering::SeqCst);
 
         for line in &script.output {
-            output.write(OutputStream::Stdout, format!("{line}\n").as_bytes()).await;
+            output
+                .write(OutputStream::Stdout, format!("{line}\n").as_bytes())
+                .await;
         }
         let stopped = tokio::select! {
             _ = tokio::time::sleep(script.duration) => false,
@@ -105,7 +111,11 @@ impl ContainerEngine for MemoryEngine {
         output.finish().await;
 
         self.running.fetch_sub(1, Ordering::SeqCst);
-        let record = if stopped { Record::Stopped } else { Record::Exited };
+        let record = if stopped {
+            Record::Stopped
+        } else {
+            Record::Exited
+        };
         self.record(record(spec.name.clone()));
         Ok(ContainerExit {
             container_id: format!("id-{}", spec.name),

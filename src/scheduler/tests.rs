@@ -79,7 +79,9 @@ impl Outcome {
     }
 
     fn started(&self, step: &str) -> bool {
-        self.engine.records().contains(&Record::Started(step.into()))
+        self.engine
+            .records()
+            .contains(&Record::Started(step.into()))
     }
 }
 
@@ -194,7 +196,9 @@ async fn fail_fast_stops_running_steps() {
     assert_eq!(outcome.state("after_long"), StepState::Skipped);
     assert!(!outcome.started("after_long"));
     assert!(outcome.message("long").contains("step `bad` failed"));
-    assert!(outcome.message("after_long").contains("not started because step `bad` failed"));
+    assert!(outcome
+        .message("after_long")
+        .contains("not started because step `bad` failed"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,17 +243,15 @@ async fn continue_on_failure_skips_only_downstream() {
     assert_eq!(outcome.state("join"), StepState::Skipped);
     assert_eq!(outcome.state("good"), StepState::Succeeded);
     assert_eq!(outcome.state("good_child"), StepState::Succeeded);
-    assert!(outcome.message("bad_grandchild").contains("upstream step `bad` failed"));
+    assert!(outcome
+        .message("bad_grandchild")
+        .contains("upstream step `bad` failed"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancel_stops_running_and_skips_waiting() {
     let spec = spec(
-        vec![
-            step("a", &[]),
-            step("b", &[]),
-            step("c", &["a"]),
-        ],
+        vec![step("a", &[]), step("b", &[]), step("c", &["a"])],
         ExecutionMode::ContinueOnFailure,
     );
     let engine = MemoryEngine::with_scripts([("a", lasting(60)), ("b", lasting(60))]);
@@ -272,7 +274,10 @@ async fn failure_message_has_exit_code_and_output() {
     let outcome = execute(spec, engine, None).await;
 
     let message = outcome.message("bad");
-    assert!(message.contains("step `bad` failed with exit code 3"), "{message}");
+    assert!(
+        message.contains("step `bad` failed with exit code 3"),
+        "{message}"
+    );
     assert!(message.contains("ValueError: bad row"), "{message}");
     assert_eq!(outcome.final_steps()["bad"].exit_code, Some(3));
 }
@@ -343,7 +348,10 @@ async fn events_carry_output_then_finish_last() {
         })
         .collect();
     assert_eq!(states, vec![StepState::Running, StepState::Succeeded]);
-    assert!(matches!(outcome.events.last(), Some(Event::RunFinished { .. })));
+    assert!(matches!(
+        outcome.events.last(),
+        Some(Event::RunFinished { .. })
+    ));
 }
 
 #[test]
