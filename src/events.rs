@@ -23,8 +23,11 @@ pub enum StepState {
     Running,
     /// The container exited with code 0.
     Succeeded,
-    /// The container exited with another code, was killed for memory, or could not start.
+    /// The container exited with another code, was killed for memory, timed out, or
+    /// could not start, and no retry is left.
     Failed,
+    /// An attempt failed and the step runs again after the retry delay.
+    Retrying,
     /// The core stopped the container because the run failed fast or was cancelled.
     Stopped,
     /// The step never started: an upstream step failed, or the run stopped first.
@@ -33,7 +36,7 @@ pub enum StepState {
 
 impl StepState {
     pub fn is_finished(self) -> bool {
-        !matches!(self, StepState::Running)
+        !matches!(self, StepState::Running | StepState::Retrying)
     }
 }
 
@@ -56,6 +59,10 @@ pub struct StepReport {
     pub exit_code: Option<i64>,
     /// True only when the kernel killed the container for exceeding its memory limit.
     pub oom_killed: bool,
+    /// True when the attempt ran past the step's timeout and was stopped.
+    pub timed_out: bool,
+    /// Number of the attempt this report is about, from 1; 0 for a step that never ran.
+    pub attempt: u32,
     /// Human-readable cause for failed, stopped and skipped steps.
     pub message: Option<String>,
 }
@@ -67,6 +74,8 @@ impl StepReport {
             container_id: None,
             exit_code: None,
             oom_killed: false,
+            timed_out: false,
+            attempt: 0,
             message: None,
         }
     }

@@ -24,11 +24,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::engine::{ContainerEngine, ContainerExit, StopSignal, StopTrigger};
+use crate::engine::{ContainerEngine, StopSignal, StopTrigger};
 use crate::error::Error;
 use crate::events::{Event, RunStatus, StepReport, StepState};
-use crate::logs::OutputSink;
 use crate::spec::{ExecutionMode, RunSpec};
+
+mod step;
+
+use step::{attempt_report, describe_failure, run_step, StepOutcome};
 
 /// Life-cycle phase of a step, from the scheduler's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +40,6 @@ enum Phase {
     Running,
     Finished(StepState),
 }
-
-/// Result of a step task: the step index, the container's exit and the last lines of
-/// its output.
-type StepResult = (usize, Result<ContainerExit, Error>, Vec<String>);
 
 /// Runs every step of `spec` on `engine`, sends [`Event`]s to `events` and returns the
 /// run's final status. The last event sent is always [`Event::RunFinished`].
@@ -53,7 +52,7 @@ pub async fn run<E: ContainerEngine>(
     mut cancel: StopSignal,
 ) -> RunStatus {
     let mut state = RunState::new(&spec, events);
-    let mut tasks: JoinSet<StepResult> = JoinSet::new();
+    let mut tasks: JoinSet<StepOutcome> = JoinSet::new();
     let mut task_steps = HashMap::new();
     let mut stop_triggers: HashMap<usize, StopTrigger> = HashMap::new();
     let limit = spec.max_parallelism.unwrap_or(usize::MAX);
@@ -71,9 +70,9 @@ pub async fn run<E: ContainerEngine>(
                     signal,
                 ));
                 task_steps.insert(handle.id(), index);
-                state
-                    .set(index, Phase::Running, StepReport::new(StepState::Running))
-                    .await;
+                let mut running = StepReport::new(StepState::Running);
+                running.attempt = 1;
+                state.set(index, Phase::Running, running).await;
             }
         }
         if tasks.is_empty() {
@@ -82,17 +81,25 @@ pub async fn run<E: ContainerEngine>(
 
         tokio::select! {
             joined = tasks.join_next_with_id() => {
-                let (index, result, tail) = match joined {
-                    Some(Ok((_, step_result))) => step_result,
+                let outcome = match joined {
+                    Some(Ok((_, outcome))) => outcome,
                     Some(Err(join_error)) => {
-                        let index = task_steps[&join_error.id()];
-                        let message = format!("the task supervising the step ended abnormally: {join_error}");
-                        (index, Err(Error::Internal(message)), Vec::new())
+                        let message = format!(
+                            "the task supervising the step ended abnormally: {join_error}"
+                        );
+                        StepOutcome {
+                            index: task_steps[&join_error.id()],
+                            result: Err(Error::Internal(message)),
+                            tail: Vec::new(),
+                            timed_out: false,
+                            attempts: 1,
+                        }
                     }
                     None => continue,
                 };
+                let index = outcome.index;
                 stop_triggers.remove(&index);
-                let failed = state.finish_step(index, result, &tail).await;
+                let failed = state.finish_step(outcome).await;
                 if failed {
                     state.apply_execution_mode(index, &stop_triggers).await;
                 }
@@ -109,22 +116,6 @@ pub async fn run<E: ContainerEngine>(
 
     state.skip_waiting_steps().await;
     state.finish_run().await
-}
-
-/// Runs one step's container and collects its result; the body of a step task.
-async fn run_step<E: ContainerEngine>(
-    spec: Arc<RunSpec>,
-    engine: Arc<E>,
-    index: usize,
-    events: mpsc::Sender<Event>,
-    stop: StopSignal,
-) -> StepResult {
-    let step = &spec.steps[index];
-    let mut output = OutputSink::new(step.name.clone(), events);
-    let result = engine
-        .run_container(&step.container, &mut output, stop)
-        .await;
-    (index, result, output.tail())
 }
 
 /// The scheduler's bookkeeping for one run.
@@ -180,32 +171,23 @@ impl<'a> RunState<'a> {
             .collect()
     }
 
-    /// Records how a step's container ended and returns true if the step failed.
-    async fn finish_step(
-        &mut self,
-        index: usize,
-        result: Result<ContainerExit, Error>,
-        tail: &[String],
-    ) -> bool {
-        let step = &self.spec.steps[index];
-        let report = match result {
-            Ok(exit) if exit.succeeded() => step_report(StepState::Succeeded, &exit),
-            Ok(exit) if exit.stopped => {
+    /// Records how a step ended and returns true if it failed.
+    async fn finish_step(&mut self, outcome: StepOutcome) -> bool {
+        let step = &self.spec.steps[outcome.index];
+        let failed = outcome.failed();
+        let report = match &outcome.result {
+            Ok(exit) if exit.succeeded() => attempt_report(&outcome, StepState::Succeeded),
+            _ if failed => attempt_report(&outcome, StepState::Failed)
+                .with_message(describe_failure(step, &outcome)),
+            _ => {
                 let reason = self.halt_reason.as_deref().unwrap_or("the run stopped");
-                step_report(StepState::Stopped, &exit)
+                attempt_report(&outcome, StepState::Stopped)
                     .with_message(format!("step `{}` was stopped because {reason}", step.name))
             }
-            Ok(exit) => {
-                let memory_limit = step.container.resources.memory_bytes;
-                let message = failure_message(&step.name, &exit, memory_limit, tail);
-                step_report(StepState::Failed, &exit).with_message(message)
-            }
-            Err(error) => StepReport::new(StepState::Failed)
-                .with_message(format!("step `{}` could not run: {error}", step.name)),
         };
-        let failed = report.state == StepState::Failed;
         let state = report.state;
-        self.set(index, Phase::Finished(state), report).await;
+        self.set(outcome.index, Phase::Finished(state), report)
+            .await;
         failed
     }
 
@@ -298,61 +280,6 @@ impl<'a> RunState<'a> {
         // cleans up its containers.
         let _ = self.events.send(event).await;
     }
-}
-
-fn step_report(state: StepState, exit: &ContainerExit) -> StepReport {
-    StepReport {
-        state,
-        container_id: Some(exit.container_id.clone()),
-        exit_code: Some(exit.exit_code),
-        oom_killed: exit.oom_killed,
-        message: None,
-    }
-}
-
-/// Describes a failed container for the person reading the run's error.
-fn failure_message(
-    step: &str,
-    exit: &ContainerExit,
-    memory_limit: Option<i64>,
-    tail: &[String],
-) -> String {
-    let mut message = if exit.oom_killed {
-        let limit = memory_limit.map_or_else(|| "the host's memory".to_string(), format_bytes);
-        format!(
-            "step `{step}` ran out of memory: the kernel killed it for exceeding {limit} \
-             (exit code {}). Raise the step's memory in ResourceSettings, or use less memory",
-            exit.exit_code
-        )
-    } else {
-        format!("step `{step}` failed with exit code {}", exit.exit_code)
-    };
-    if exit.kept {
-        message.push_str(&format!(
-            "; its container {} was kept for debugging (keep_failed_containers)",
-            exit.container_id
-        ));
-    }
-    if tail.is_empty() {
-        message.push_str(". It printed no output.");
-    } else {
-        message.push_str(&format!(". Last {} lines of its output:\n", tail.len()));
-        message.push_str(&tail.join("\n"));
-    }
-    message
-}
-
-/// Formats a byte count with the largest binary unit that keeps it exact enough to read.
-fn format_bytes(bytes: i64) -> String {
-    const UNITS: [&str; 4] = ["GiB", "MiB", "KiB", "B"];
-    for (power, unit) in (0..4).rev().zip(UNITS) {
-        let size = 1i64 << (10 * power);
-        if bytes >= size && power > 0 {
-            let value = bytes as f64 / size as f64;
-            return format!("{value:.1} {unit} ({bytes} bytes)");
-        }
-    }
-    format!("{bytes} B")
 }
 
 #[cfg(test)]

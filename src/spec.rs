@@ -49,6 +49,42 @@ pub struct StepSpec {
     #[serde(default)]
     pub upstream: Vec<String>,
     pub container: ContainerSpec,
+    /// Attempts after a failed one; `None` means the step runs once.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Seconds an attempt may run before it is stopped and counted as timed out.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// How often and how soon a failed step runs again, with ZenML's retry fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts after the first one.
+    pub max_retries: u32,
+    /// Seconds before the first retry.
+    #[serde(default)]
+    pub delay_secs: u64,
+    /// Factor applied to the delay after each retry. Values below 1 (ZenML's default
+    /// is 0, meaning unset) keep the delay constant.
+    #[serde(default)]
+    pub backoff: f64,
+}
+
+impl RetryPolicy {
+    /// Returns the delay before retry number `retry` (1 for the first retry).
+    pub fn delay_before(&self, retry: u32) -> std::time::Duration {
+        const MAX_DELAY_SECS: f64 = 24.0 * 3600.0;
+        let factor = if self.backoff >= 1.0 {
+            self.backoff
+        } else {
+            1.0
+        };
+        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
+        let seconds = self.delay_secs as f64 * factor.powi(exponent);
+        std::time::Duration::from_secs_f64(seconds.min(MAX_DELAY_SECS))
+    }
 }
 
 /// Everything needed to create, run and clean up one container.
@@ -234,6 +270,12 @@ impl RunSpec {
                     step.name
                 )));
             }
+            if step.timeout_secs == Some(0) {
+                return Err(Error::InvalidSpec(format!(
+                    "step `{}` has a timeout of 0 seconds; use a positive timeout, or none",
+                    step.name
+                )));
+            }
             if !container_names.insert(container.name.as_str()) {
                 return Err(Error::InvalidSpec(format!(
                     "container name `{}` of step `{}` is used by another step",
@@ -322,6 +364,8 @@ mod tests {
                 image: "img".into(),
                 ..Default::default()
             },
+            retry: None,
+            timeout_secs: None,
         }
     }
 
@@ -403,6 +447,29 @@ mod tests {
     #[test]
     fn validate_rejects_empty_run() {
         assert!(message(&run(vec![])).contains("no steps"));
+    }
+
+    #[test]
+    fn retry_delay_grows_by_backoff() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            delay_secs: 2,
+            backoff: 3.0,
+        };
+        assert_eq!(policy.delay_before(1).as_secs(), 2);
+        assert_eq!(policy.delay_before(2).as_secs(), 6);
+        assert_eq!(policy.delay_before(3).as_secs(), 18);
+    }
+
+    #[test]
+    fn retry_delay_constant_without_backoff() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            delay_secs: 5,
+            backoff: 0.0,
+        };
+        assert_eq!(policy.delay_before(1).as_secs(), 5);
+        assert_eq!(policy.delay_before(3).as_secs(), 5);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::engine::memory::{MemoryEngine, Record, Script};
-use crate::spec::{ContainerSpec, Resources, StepSpec};
+use crate::spec::{ContainerSpec, Resources, RetryPolicy, StepSpec};
 
 fn step(name: &str, upstream: &[&str]) -> StepSpec {
     StepSpec {
@@ -19,6 +19,8 @@ fn step(name: &str, upstream: &[&str]) -> StepSpec {
             image: "img".into(),
             ..Default::default()
         },
+        retry: None,
+        timeout_secs: None,
     }
 }
 
@@ -354,9 +356,138 @@ async fn events_carry_output_then_finish_last() {
     ));
 }
 
+fn retrying(name: &str, max_retries: u32, delay_secs: u64) -> StepSpec {
+    let mut spec = step(name, &[]);
+    spec.retry = Some(RetryPolicy {
+        max_retries,
+        delay_secs,
+        backoff: 2.0,
+    });
+    spec
+}
+
+fn retry_events(outcome: &Outcome, step_name: &str) -> Vec<StepReport> {
+    outcome
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Step { step, report }
+                if step == step_name && report.state == StepState::Retrying =>
+            {
+                Some(report.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_succeeds_on_second_attempt() {
+    let spec = spec(
+        vec![retrying("flaky", 2, 5), step("after", &["flaky"])],
+        ExecutionMode::FailFast,
+    );
+    // Only the first attempt's container, named like the step, fails.
+    let engine = MemoryEngine::with_scripts([("flaky", failing_after(1))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(outcome.state("flaky"), StepState::Succeeded);
+    assert_eq!(outcome.final_steps()["flaky"].attempt, 2);
+    assert_eq!(outcome.state("after"), StepState::Succeeded);
+    let retries = retry_events(&outcome, "flaky");
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].exit_code, Some(3));
+    let message = retries[0].message.clone().unwrap();
+    assert!(message.contains("exit code 3"), "{message}");
+    assert!(message.contains("attempt 2 of 3"), "{message}");
+    assert!(outcome.started("flaky-retry1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_waits_for_growing_delay() {
+    let spec = spec(vec![retrying("flaky", 2, 5)], ExecutionMode::FailFast);
+    let engine = MemoryEngine::with_scripts([
+        ("flaky", failing_after(1)),
+        ("flaky-retry1", failing_after(1)),
+    ]);
+    let started = tokio::time::Instant::now();
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.state("flaky"), StepState::Succeeded);
+    assert_eq!(outcome.final_steps()["flaky"].attempt, 3);
+    // Paused clock: 1 s + 5 s delay + 1 s + 10 s delay + 1 s, exactly.
+    assert_eq!(started.elapsed(), Duration::from_secs(18));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_exhausted_fail_step() {
+    let spec = spec(
+        vec![retrying("bad", 2, 0), step("after", &["bad"])],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([
+        ("bad", failing_after(1)),
+        ("bad-retry1", failing_after(1)),
+        ("bad-retry2", failing_after(1)),
+    ]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.state("bad"), StepState::Failed);
+    assert_eq!(outcome.final_steps()["bad"].attempt, 3);
+    assert_eq!(retry_events(&outcome, "bad").len(), 2);
+    assert_eq!(outcome.state("after"), StepState::Skipped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_stops_step_as_timed_out() {
+    let mut slow = step("slow", &[]);
+    slow.timeout_secs = Some(5);
+    let spec = spec(vec![slow], ExecutionMode::FailFast);
+    let engine = MemoryEngine::with_scripts([("slow", lasting(60))]);
+    let outcome = execute(spec, engine, None).await;
+
+    let report = &outcome.final_steps()["slow"];
+    assert_eq!(report.state, StepState::Failed);
+    assert!(report.timed_out);
+    assert!(!report.oom_killed);
+    let message = report.message.clone().unwrap();
+    assert!(message.contains("timed out after 5 s"), "{message}");
+    assert!(outcome
+        .engine
+        .records()
+        .contains(&Record::Stopped("slow".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_is_retried() {
+    let mut slow = retrying("slow", 1, 0);
+    slow.timeout_secs = Some(5);
+    let spec = spec(vec![slow], ExecutionMode::FailFast);
+    let engine = MemoryEngine::with_scripts([("slow", lasting(60)), ("slow-retry1", lasting(1))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.state("slow"), StepState::Succeeded);
+    let retries = retry_events(&outcome, "slow");
+    assert_eq!(retries.len(), 1);
+    assert!(retries[0].timed_out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_during_retry_delay_ends_step() {
+    let spec = spec(vec![retrying("flaky", 3, 60)], ExecutionMode::FailFast);
+    let engine = MemoryEngine::with_scripts([("flaky", failing_after(1))]);
+    let outcome = execute(spec, engine, Some(Duration::from_secs(10))).await;
+
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(outcome.final_steps()["flaky"].attempt, 1);
+    assert!(!outcome.started("flaky-retry1"));
+}
+
 #[test]
 fn format_bytes_picks_readable_unit() {
-    assert_eq!(format_bytes(512), "512 B");
-    assert_eq!(format_bytes(64 << 20), "64.0 MiB (67108864 bytes)");
-    assert_eq!(format_bytes(3 << 30), "3.0 GiB (3221225472 bytes)");
+    assert_eq!(step::format_bytes(512), "512 B");
+    assert_eq!(step::format_bytes(64 << 20), "64.0 MiB (67108864 bytes)");
+    assert_eq!(step::format_bytes(3 << 30), "3.0 GiB (3221225472 bytes)");
 }
