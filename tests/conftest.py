@@ -39,10 +39,15 @@ _orchestrator_label: Optional[str] = None
 
 
 def zenml_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the `zenml` CLI of this interpreter's environment with the test configuration."""
+    """Run the `zenml` CLI of this interpreter's environment with the test configuration.
+
+    The CLI runs outside the repository: ZenML resolves a flavor class relative to the
+    source root, which is the working directory, so from the repository root it would
+    register `python.zenml_docker_rs...` instead of the installed package.
+    """
     zenml = Path(sys.executable).parent / "zenml"
     result = subprocess.run(
-        [str(zenml), *args], capture_output=True, text=True, env=os.environ.copy()
+        [str(zenml), *args], capture_output=True, text=True, env=os.environ.copy(), cwd=_CONFIG_ROOT
     )
     if check and result.returncode != 0:
         raise AssertionError(
