@@ -32,6 +32,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Docker API call that is not about one container failed.
+    #[error("Docker could not {operation}: {reason}")]
+    DockerApi {
+        operation: &'static str,
+        reason: String,
+    },
+
     /// A bug in the core, not in the input. The message describes what broke.
     #[error("internal error in zenml-docker-rs: {0}")]
     Internal(String),

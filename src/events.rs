@@ -48,6 +48,9 @@ pub enum RunStatus {
     Failed,
     /// The observer cancelled the run; every container it had was stopped and removed.
     Cancelled,
+    /// The observer asked for a graceful stop: the running steps finished, no other
+    /// step started, and none failed.
+    Stopped,
 }
 
 /// Report of a step's state, sent when the state changes.
@@ -63,6 +66,11 @@ pub struct StepReport {
     pub timed_out: bool,
     /// Number of the attempt this report is about, from 1; 0 for a step that never ran.
     pub attempt: u32,
+    /// Start and end of the attempt's container (RFC 3339), when it ran.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Highest memory use of the attempt's container, in bytes, when it was measured.
+    pub peak_memory_bytes: Option<u64>,
     /// Human-readable cause for failed, stopped and skipped steps.
     pub message: Option<String>,
 }
@@ -76,6 +84,9 @@ impl StepReport {
             oom_killed: false,
             timed_out: false,
             attempt: 0,
+            started_at: None,
+            finished_at: None,
+            peak_memory_bytes: None,
             message: None,
         }
     }

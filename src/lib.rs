@@ -15,6 +15,7 @@ pub mod spec;
 
 #[cfg(feature = "python")]
 mod python {
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::Duration;
 
@@ -65,7 +66,9 @@ mod python {
             Error::InvalidSpec(_) => SpecError::new_err(message),
             Error::DockerUnavailable { .. } => DockerUnavailableError::new_err(message),
             Error::ImageUnavailable { .. } => ImageUnavailableError::new_err(message),
-            Error::Container { .. } | Error::Internal(_) => EngineError::new_err(message),
+            Error::Container { .. } | Error::DockerApi { .. } | Error::Internal(_) => {
+                EngineError::new_err(message)
+            }
         }
     }
 
@@ -108,6 +111,38 @@ mod python {
         .map_err(to_py_err)
     }
 
+    /// Connects to Docker and makes sure every image of `spec` is present, pulling
+    /// missing ones, so that these errors come before any container starts.
+    async fn prepare(spec: &RunSpec, docker_host: Option<&str>) -> Result<DockerEngine, Error> {
+        let engine = DockerEngine::connect(docker_host).await?;
+        let mut images: Vec<&str> = spec
+            .steps
+            .iter()
+            .map(|s| s.container.image.as_str())
+            .collect();
+        images.sort_unstable();
+        images.dedup();
+        for image in images {
+            engine.ensure_image(image).await?;
+        }
+        Ok(engine)
+    }
+
+    /// Validates `spec`, connects to Docker and makes sure every image is present,
+    /// without starting anything.
+    #[pyfunction]
+    #[pyo3(signature = (spec, docker_host=None))]
+    fn preflight(
+        py: Python<'_>,
+        spec: &Bound<'_, PyAny>,
+        docker_host: Option<String>,
+    ) -> PyResult<()> {
+        let spec = parse_spec(spec)?;
+        py.detach(|| runtime().block_on(prepare(&spec, docker_host.as_deref())))
+            .map(|_| ())
+            .map_err(to_py_err)
+    }
+
     /// Validates `spec`, connects to Docker, makes sure every image is present and
     /// starts the run. Returns a `RunHandle` to follow it.
     #[pyfunction]
@@ -118,40 +153,60 @@ mod python {
         docker_host: Option<String>,
     ) -> PyResult<RunHandle> {
         let spec = Arc::new(parse_spec(spec)?);
-        let preflight_spec = Arc::clone(&spec);
         let engine = py
-            .detach(|| {
-                runtime().block_on(async move {
-                    let engine = DockerEngine::connect(docker_host.as_deref()).await?;
-                    let mut images: Vec<&str> = preflight_spec
-                        .steps
-                        .iter()
-                        .map(|s| s.container.image.as_str())
-                        .collect();
-                    images.sort_unstable();
-                    images.dedup();
-                    for image in images {
-                        engine.ensure_image(image).await?;
-                    }
-                    Ok(engine)
-                })
-            })
+            .detach(|| runtime().block_on(prepare(&spec, docker_host.as_deref())))
             .map_err(to_py_err)?;
 
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-        let (cancel_trigger, cancel_signal) = StopSignal::new();
+        let (cancel_trigger, cancel) = StopSignal::new();
+        let (drain_trigger, drain) = StopSignal::new();
         let run_id = spec.run_id.clone();
-        runtime().spawn(scheduler::run(
-            spec,
-            Arc::new(engine),
-            events_tx,
-            cancel_signal,
-        ));
+        let controls = scheduler::RunControls { cancel, drain };
+        runtime().spawn(scheduler::run(spec, Arc::new(engine), events_tx, controls));
         Ok(RunHandle {
             run_id,
             events: Mutex::new(events_rx),
             cancel: cancel_trigger,
+            drain: drain_trigger,
         })
+    }
+
+    /// Returns every container, running or not, that carries all of `labels`, as dicts.
+    #[pyfunction]
+    #[pyo3(signature = (labels, docker_host=None))]
+    fn find_containers<'py>(
+        py: Python<'py>,
+        labels: BTreeMap<String, String>,
+        docker_host: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let records = py
+            .detach(|| {
+                runtime().block_on(async {
+                    let engine = DockerEngine::connect(docker_host.as_deref()).await?;
+                    engine.find_containers(&labels).await
+                })
+            })
+            .map_err(to_py_err)?;
+        pythonize::pythonize(py, &records)
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot convert containers: {e}")))
+    }
+
+    /// Stops and removes the containers with the given ids; returns the removed ids.
+    #[pyfunction]
+    #[pyo3(signature = (ids, grace_period_secs=10, docker_host=None))]
+    fn stop_and_remove(
+        py: Python<'_>,
+        ids: Vec<String>,
+        grace_period_secs: u32,
+        docker_host: Option<String>,
+    ) -> PyResult<Vec<String>> {
+        py.detach(|| {
+            runtime().block_on(async {
+                let engine = DockerEngine::connect(docker_host.as_deref()).await?;
+                engine.stop_and_remove(&ids, grace_period_secs).await
+            })
+        })
+        .map_err(to_py_err)
     }
 
     /// A started run. Take its events with `next_events` until it returns `None`.
@@ -161,6 +216,7 @@ mod python {
         run_id: String,
         events: Mutex<mpsc::Receiver<Event>>,
         cancel: StopTrigger,
+        drain: StopTrigger,
     }
 
     #[pymethods]
@@ -200,6 +256,12 @@ mod python {
         fn cancel(&self) {
             self.cancel.fire();
         }
+
+        /// Asks the run to stop gracefully: no new step starts, running steps finish.
+        /// Returns at once; keep taking events until `None` to know when it ended.
+        fn drain(&self) {
+            self.drain.fire();
+        }
     }
 
     impl Drop for RunHandle {
@@ -235,7 +297,10 @@ mod python {
     fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(validate_spec, m)?)?;
         m.add_function(wrap_pyfunction!(check_docker, m)?)?;
+        m.add_function(wrap_pyfunction!(preflight, m)?)?;
         m.add_function(wrap_pyfunction!(start_run, m)?)?;
+        m.add_function(wrap_pyfunction!(find_containers, m)?)?;
+        m.add_function(wrap_pyfunction!(stop_and_remove, m)?)?;
         m.add_class::<RunHandle>()?;
         let py = m.py();
         m.add("SpecError", py.get_type::<SpecError>())?;

@@ -9,9 +9,10 @@
 //! - `StopOnFailure`: no other step starts; the running steps finish.
 //! - `ContinueOnFailure`: only the steps downstream of the failed one are skipped.
 //!
-//! # Cancellation
+//! # Stopping
 //!
-//! When the run's cancel signal fires, no other step starts and every running container
+//! When the run's drain signal fires (a graceful stop), no other step starts and the
+//! running steps finish. When the run's cancel signal fires (a forceful stop), no other step starts and every running container
 //! is stopped (SIGTERM, SIGKILL after its grace period) and removed. [`run`] returns only
 //! after the engine has reported every started container as finished, so when it
 //! returns, the run has no container left, except failed ones the spec asked to keep.
@@ -41,6 +42,15 @@ enum Phase {
     Finished(StepState),
 }
 
+/// Signals through which the observer of a run steers it.
+#[derive(Debug, Clone)]
+pub struct RunControls {
+    /// Stop every running container and start no more: a forceful stop.
+    pub cancel: StopSignal,
+    /// Start no more steps but let the running ones finish: a graceful stop.
+    pub drain: StopSignal,
+}
+
 /// Runs every step of `spec` on `engine`, sends [`Event`]s to `events` and returns the
 /// run's final status. The last event sent is always [`Event::RunFinished`].
 ///
@@ -49,7 +59,7 @@ pub async fn run<E: ContainerEngine>(
     spec: Arc<RunSpec>,
     engine: Arc<E>,
     events: mpsc::Sender<Event>,
-    mut cancel: StopSignal,
+    mut controls: RunControls,
 ) -> RunStatus {
     let mut state = RunState::new(&spec, events);
     let mut tasks: JoinSet<StepOutcome> = JoinSet::new();
@@ -104,12 +114,18 @@ pub async fn run<E: ContainerEngine>(
                     state.apply_execution_mode(index, &stop_triggers).await;
                 }
             }
-            _ = cancel.fired(), if !state.cancelled => {
+            _ = controls.cancel.fired(), if !state.cancelled => {
                 state.cancelled = true;
                 state.halt_reason = Some("the run was cancelled".into());
                 for trigger in stop_triggers.values() {
                     trigger.fire();
                 }
+            }
+            _ = controls.drain.fired(), if !state.draining && !state.cancelled => {
+                state.draining = true;
+                state
+                    .halt_reason
+                    .get_or_insert_with(|| "a graceful stop was requested".into());
             }
         }
     }
@@ -129,6 +145,7 @@ struct RunState<'a> {
     /// Reason no further step may start; `None` while steps may still start.
     halt_reason: Option<String>,
     cancelled: bool,
+    draining: bool,
 }
 
 impl<'a> RunState<'a> {
@@ -154,6 +171,7 @@ impl<'a> RunState<'a> {
             events,
             halt_reason: None,
             cancelled: false,
+            draining: false,
         }
     }
 
@@ -251,10 +269,13 @@ impl<'a> RunState<'a> {
 
     /// Sends the final event and returns the run's status.
     async fn finish_run(self) -> RunStatus {
+        let any_failed = self.reports.iter().any(|r| r.state == StepState::Failed);
         let status = if self.cancelled {
             RunStatus::Cancelled
         } else if self.reports.iter().all(|r| r.state == StepState::Succeeded) {
             RunStatus::Succeeded
+        } else if self.draining && !any_failed {
+            RunStatus::Stopped
         } else {
             RunStatus::Failed
         };

@@ -971,3 +971,91 @@ async fn env_path_append_extends_spec_value() {
     );
     test.assert_no_leftovers().await;
 }
+
+#[tokio::test]
+async fn exit_reports_times_and_peak_memory() {
+    let mut test = TestCase::new("peak-memory").await;
+    // The shell keeps about 30 MB in a variable, then waits so the stats stream
+    // samples it at least once.
+    let spec = test.spec("x=$(head -c 30000000 /dev/zero | tr '\\0' a); sleep 3; echo ${#x}");
+
+    let finished = test.run(&spec).await;
+    let exit = finished.exit();
+
+    assert_eq!(exit.exit_code, 0);
+    assert!(exit.started_at.is_some(), "no start time: {exit:?}");
+    assert!(exit.finished_at.is_some(), "no end time: {exit:?}");
+    let peak = exit.peak_memory_bytes.expect("no memory sample");
+    assert!(
+        peak >= 30_000_000,
+        "peak memory {peak} is below the 30 MB held"
+    );
+    test.assert_no_leftovers().await;
+}
+
+#[tokio::test]
+async fn find_containers_lists_by_labels() {
+    let mut test = TestCase::new("find").await;
+    let mut failed = test.spec("exit 3");
+    failed.keep_if_failed = true;
+    let kept = test.run(&failed).await.exit().container_id.clone();
+    let spec = test.spec("echo ready; sleep 1000");
+    let mut running = test.start(&spec);
+    running.wait_for_line("ready").await;
+
+    let labels = BTreeMap::from([
+        (RUN_LABEL.to_string(), run_id().to_string()),
+        (CASE_LABEL.to_string(), "find".to_string()),
+    ]);
+    let found = guarded("find_containers", test.engine.find_containers(&labels))
+        .await
+        .expect("find_containers failed");
+    running.stop();
+    running.finish().await;
+
+    assert_eq!(found.len(), 2, "{found:?}");
+    let exited = found
+        .iter()
+        .find(|c| c.id == kept)
+        .expect("kept container not found");
+    assert_eq!(exited.state, "exited");
+    assert_eq!(exited.exit_code, Some(3));
+    assert_eq!(exited.name, failed.name);
+    assert!(exited.finished_at.is_some());
+    let live = found.iter().find(|c| c.id != kept).unwrap();
+    assert_eq!(live.state, "running");
+    assert_eq!(live.exit_code, None);
+    assert_eq!(live.name, spec.name);
+    assert_eq!(
+        live.labels.get(CASE_LABEL).map(String::as_str),
+        Some("find")
+    );
+    test.remove(&kept).await;
+    test.assert_no_leftovers().await;
+}
+
+#[tokio::test]
+async fn stop_and_remove_clears_running_container() {
+    let mut test = TestCase::new("stop-and-remove").await;
+    let spec = test.spec("echo ready; sleep 1000");
+    let mut running = test.start(&spec);
+    running.wait_for_line("ready").await;
+    let id = test
+        .inspect(&spec.name)
+        .await
+        .and_then(|inspect| inspect.id)
+        .expect("the running container was not found");
+
+    let removed = guarded(
+        "stop_and_remove",
+        test.engine.stop_and_remove(std::slice::from_ref(&id), 1),
+    )
+    .await
+    .expect("stop_and_remove failed");
+    // The supervising run_container call sees its container vanish and must end.
+    let _ = running.finish().await;
+
+    assert_eq!(removed, vec![id.clone()]);
+    test.assert_removed(&id).await;
+    test.assert_no_leftovers().await;
+}

@@ -1,6 +1,8 @@
 //! The Docker engine: runs step containers through the Docker Engine API (bollard).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -11,7 +13,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -159,18 +161,43 @@ impl DockerEngine {
         }
     }
 
-    /// Returns `(exit code, killed for memory)` of a container that has exited.
-    pub async fn exit_state(&self, id: &str) -> Result<(i64, bool), Error> {
+    /// Returns the exit details of a container that has exited.
+    pub async fn exit_state(&self, id: &str) -> Result<ExitState, Error> {
         let inspect = self
             .docker
             .inspect_container(id, None)
             .await
             .map_err(|e| Error::container("inspect", id, e))?;
         let state = inspect.state.unwrap_or_default();
-        Ok((
-            state.exit_code.unwrap_or(-1),
-            state.oom_killed.unwrap_or(false),
-        ))
+        Ok(ExitState {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            started_at: state.started_at,
+            finished_at: state.finished_at,
+        })
+    }
+
+    /// Starts sampling the container's memory use in the background; the returned
+    /// sampler reports the highest use seen.
+    fn sample_memory(&self, id: &str) -> MemorySampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let docker = self.docker.clone();
+        let id = id.to_string();
+        let seen = Arc::clone(&peak);
+        let task = tokio::spawn(async move {
+            let options = StatsOptionsBuilder::new().stream(true).build();
+            let mut stats = docker.stats(&id, Some(options));
+            while let Some(Ok(sample)) = stats.next().await {
+                // cgroup v1 reports the peak itself (max_usage); cgroup v2 only the
+                // current use, so there the peak is the highest sample.
+                let used = sample
+                    .memory_stats
+                    .and_then(|memory| memory.max_usage.or(memory.usage))
+                    .unwrap_or(0);
+                seen.fetch_max(used, Ordering::Relaxed);
+            }
+        });
+        MemorySampler { peak, task }
     }
 
     /// Streams the container's output into `output` and waits for it to exit, stopping
@@ -368,9 +395,11 @@ impl ContainerEngine for DockerEngine {
             return Err(e);
         }
 
+        let sampler = self.sample_memory(&id);
         let followed = self
             .follow(&id, spec.stop_grace_period_secs, output, stop)
             .await;
+        let peak_memory_bytes = sampler.finish().await;
         let (exit_code, stopped) = match followed {
             Ok(result) => result,
             Err(e) => {
@@ -378,7 +407,7 @@ impl ContainerEngine for DockerEngine {
                 return Err(e);
             }
         };
-        let (inspected_code, oom_killed) = match self.exit_state(&id).await {
+        let state = match self.exit_state(&id).await {
             Ok(state) => state,
             Err(e) => {
                 let _ = self.remove(&id).await;
@@ -390,12 +419,15 @@ impl ContainerEngine for DockerEngine {
             exit_code: if exit_code >= 0 {
                 exit_code
             } else {
-                inspected_code
+                state.exit_code
             },
             // A container we stopped may have been SIGKILLed; that is never an OOM kill.
-            oom_killed: oom_killed && !stopped,
+            oom_killed: state.oom_killed && !stopped,
             stopped,
             kept: false,
+            started_at: state.started_at,
+            finished_at: state.finished_at,
+            peak_memory_bytes,
         };
 
         if spec.keep_if_failed && !exit.succeeded() && !exit.stopped {
@@ -439,9 +471,40 @@ fn stopped_before_start(container_id: String) -> ContainerExit {
     ContainerExit {
         container_id,
         exit_code: -1,
-        oom_killed: false,
         stopped: true,
-        kept: false,
+        ..Default::default()
+    }
+}
+
+/// Exit details of a container, from `docker inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitState {
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// Background sampling of one container's memory use.
+struct MemorySampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MemorySampler {
+    /// Time the stats stream gets to end by itself once the container has exited.
+    const END_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// Stops sampling and returns the highest memory use seen, if any sample came.
+    async fn finish(mut self) -> Option<u64> {
+        if tokio::time::timeout(Self::END_TIMEOUT, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        let peak = self.peak.load(Ordering::Relaxed);
+        (peak > 0).then_some(peak)
     }
 }
 
@@ -499,7 +562,8 @@ fn non_empty(values: &[String]) -> Option<Vec<String>> {
     (!values.is_empty()).then(|| values.to_vec())
 }
 
-fn is_status(error: &DockerError, status: u16) -> bool {
+/// True when Docker responded to the request with HTTP status `status`.
+pub(crate) fn is_status(error: &DockerError, status: u16) -> bool {
     matches!(error, DockerError::DockerResponseServerError { status_code, .. } if *status_code == status)
 }
 

@@ -122,7 +122,7 @@ impl ContainerEngine for MemoryEngine {
             exit_code: if stopped { 137 } else { script.exit_code },
             oom_killed: script.oom_killed && !stopped,
             stopped,
-            kept: false,
+            ..Default::default()
         })
     }
 }

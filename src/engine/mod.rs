@@ -14,6 +14,7 @@
 //! out-of-memory kill.
 
 pub mod docker;
+pub mod inventory;
 #[cfg(test)]
 pub mod memory;
 
@@ -37,6 +38,11 @@ pub struct ContainerExit {
     pub stopped: bool,
     /// The container was kept after failing because the spec asked for it.
     pub kept: bool,
+    /// Start and end of the container as the engine recorded them (RFC 3339).
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Highest memory use seen while the container ran, in bytes.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 impl ContainerExit {

@@ -156,6 +156,9 @@ pub(super) fn attempt_report(outcome: &StepOutcome, state: StepState) -> StepRep
         report.container_id = Some(exit.container_id.clone());
         report.exit_code = Some(exit.exit_code);
         report.oom_killed = exit.oom_killed;
+        report.started_at = exit.started_at.clone();
+        report.finished_at = exit.finished_at.clone();
+        report.peak_memory_bytes = exit.peak_memory_bytes;
     }
     report
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::engine::memory::{MemoryEngine, Record, Script};
+use crate::engine::StopTrigger;
 use crate::spec::{ContainerSpec, Resources, RetryPolicy, StepSpec};
 
 fn step(name: &str, upstream: &[&str]) -> StepSpec {
@@ -88,10 +89,31 @@ impl Outcome {
 }
 
 async fn execute(spec: RunSpec, engine: MemoryEngine, cancel_after: Option<Duration>) -> Outcome {
+    execute_controlled(spec, engine, cancel_after, None).await
+}
+
+/// Fires `trigger` after `delay`, or keeps it alive unfired when there is no delay.
+async fn fire_after(trigger: StopTrigger, delay: Option<Duration>) {
+    match delay {
+        Some(delay) => {
+            tokio::time::sleep(delay).await;
+            trigger.fire();
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+async fn execute_controlled(
+    spec: RunSpec,
+    engine: MemoryEngine,
+    cancel_after: Option<Duration>,
+    drain_after: Option<Duration>,
+) -> Outcome {
     spec.validate().expect("test spec is valid");
     let engine = Arc::new(engine);
     let (events_tx, mut events_rx) = mpsc::channel(1024);
-    let (trigger, cancel) = StopSignal::new();
+    let (cancel_trigger, cancel) = StopSignal::new();
+    let (drain_trigger, drain) = StopSignal::new();
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(event) = events_rx.recv().await {
@@ -99,18 +121,13 @@ async fn execute(spec: RunSpec, engine: MemoryEngine, cancel_after: Option<Durat
         }
         events
     });
-    let canceller = tokio::spawn(async move {
-        if let Some(delay) = cancel_after {
-            tokio::time::sleep(delay).await;
-            trigger.fire();
-        } else {
-            // Keep the trigger alive so the signal never fires.
-            std::future::pending::<()>().await;
-        }
-    });
+    let canceller = tokio::spawn(fire_after(cancel_trigger, cancel_after));
+    let drainer = tokio::spawn(fire_after(drain_trigger, drain_after));
 
-    let status = run(Arc::new(spec), Arc::clone(&engine), events_tx, cancel).await;
+    let controls = RunControls { cancel, drain };
+    let status = run(Arc::new(spec), Arc::clone(&engine), events_tx, controls).await;
     canceller.abort();
+    drainer.abort();
     Outcome {
         status,
         events: collector.await.unwrap(),
@@ -483,6 +500,39 @@ async fn cancel_during_retry_delay_ends_step() {
     assert_eq!(outcome.status, RunStatus::Cancelled);
     assert_eq!(outcome.final_steps()["flaky"].attempt, 1);
     assert!(!outcome.started("flaky-retry1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_lets_running_finish() {
+    let spec = spec(
+        vec![
+            step("long", &[]),
+            step("after_long", &["long"]),
+            step("other", &[]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    let engine = MemoryEngine::with_scripts([("long", lasting(10)), ("other", lasting(3))]);
+    let outcome = execute_controlled(spec, engine, None, Some(Duration::from_secs(1))).await;
+
+    assert_eq!(outcome.status, RunStatus::Stopped);
+    assert_eq!(outcome.state("long"), StepState::Succeeded);
+    assert_eq!(outcome.state("other"), StepState::Succeeded);
+    assert_eq!(outcome.state("after_long"), StepState::Skipped);
+    assert!(!outcome.started("after_long"));
+    assert!(outcome.message("after_long").contains("graceful stop"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_with_failure_is_failed() {
+    let spec = spec(
+        vec![step("bad", &[]), step("after", &["bad"])],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(3))]);
+    let outcome = execute_controlled(spec, engine, None, Some(Duration::from_secs(1))).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
 }
 
 #[test]
