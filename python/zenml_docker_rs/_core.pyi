@@ -12,6 +12,13 @@ Run spec (a plain dict; unknown keys are rejected):
     steps: list of
         name: str                    unique within the run
         upstream: list[str]          steps that must succeed first
+        retry: {max_retries: int, delay_secs: int, backoff: float} | None
+                                     attempts after a failed one; the delay before
+                                     retry n is delay_secs * backoff**(n-1), with a
+                                     backoff below 1 meaning a constant delay. Attempt
+                                     n > 1 runs in a container named "<name>-retry<n-1>"
+        timeout_secs: int | None     an attempt running longer is stopped and counts
+                                     as timed out (a failure that can be retried)
         container:
             name: str                container name, unique on the Docker host
             image: str               pulled if missing
@@ -39,11 +46,16 @@ Events (dicts, in order per step; "run_finished" is always last):
     {"kind": "log", "step", "stream": "stdout" | "stderr", "line", "continued"}
         one output line without its terminator; lines over 64 KiB come in pieces,
         "continued" is true on all but the last piece
-    {"kind": "step", "step", "state", "container_id", "exit_code", "oom_killed", "message"}
-        state is "running", "succeeded", "failed", "stopped" or "skipped"
+    {"kind": "step", "step", "state", "container_id", "exit_code", "oom_killed",
+     "timed_out", "attempt", "started_at", "finished_at", "peak_memory_bytes", "message"}
+        state is "running", "retrying" (an attempt failed, another follows after the
+        delay), "succeeded", "failed", "stopped" or "skipped"; attempt counts from 1
+        (0 for a step that never ran); times are RFC 3339 from Docker; the peak memory
+        is in bytes, sampled while the container ran
     {"kind": "run_finished", "status", "steps"}
-        status is "succeeded", "failed" or "cancelled"; steps maps each step name
-        to its final report (the fields of a "step" event without "kind" and "step")
+        status is "succeeded", "failed", "cancelled" (after cancel) or "stopped" (after
+        drain, with no failed step); steps maps each step name to its final report
+        (the fields of a "step" event without "kind" and "step")
 """
 
 from typing import Any, Dict, List, Optional
@@ -83,6 +95,45 @@ def check_docker(docker_host: Optional[str] = None) -> str:
         DockerUnavailableError: If the daemon cannot be reached.
     """
 
+def preflight(spec: Dict[str, Any], docker_host: Optional[str] = None) -> None:
+    """Validate the spec, connect to Docker and make sure every image is present.
+
+    Starts nothing: the checks `start_run` makes first, for a caller that starts the
+    run in another process.
+
+    Raises:
+        SpecError: If the spec is invalid.
+        DockerUnavailableError: If the daemon cannot be reached within 5 seconds.
+        ImageUnavailableError: If an image is missing and cannot be pulled.
+    """
+
+def find_containers(
+    labels: Dict[str, str], docker_host: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """Return every container, running or not, that carries all of `labels`.
+
+    Each container is a dict with id, name, image, labels, state (Docker's: created,
+    running, exited, ...), exit_code and oom_killed (once exited), started_at and
+    finished_at (RFC 3339), sorted by name.
+
+    Raises:
+        DockerUnavailableError: If the daemon cannot be reached.
+        EngineError: If Docker rejects the query.
+    """
+
+def stop_and_remove(
+    ids: List[str], grace_period_secs: int = 10, docker_host: Optional[str] = None
+) -> List[str]:
+    """Stop (SIGTERM, SIGKILL after the grace period) and remove containers.
+
+    Returns:
+        The ids removed; a container that is already gone counts as removed.
+
+    Raises:
+        DockerUnavailableError: If the daemon cannot be reached.
+        EngineError: If Docker fails to stop or remove a container.
+    """
+
 def start_run(spec: Dict[str, Any], docker_host: Optional[str] = None) -> RunHandle:
     """Validate the spec, connect to Docker, make sure every image is present, start the run.
 
@@ -120,3 +171,7 @@ class RunHandle:
     def cancel(self) -> None:
         """Ask the run to stop: no new step starts, running containers are stopped
         (SIGTERM, SIGKILL after their grace period) and removed. Returns at once."""
+
+    def drain(self) -> None:
+        """Ask the run to stop gracefully: no new step starts, running steps finish.
+        Returns at once."""
