@@ -188,8 +188,23 @@ class DockerRsOrchestratorSettings(BaseSettings):
     keep_failed_containers: bool = Field(
         default=False,
         description="Keep the containers of failed steps, with their logs, for "
-        "debugging (`docker logs`, `docker inspect`). Remove them yourself afterwards. "
-        "Successful and stopped containers are always removed.",
+        "debugging (`docker logs`, `docker inspect`). Remove them yourself afterwards, "
+        "or with `python -m zenml_docker_rs gc`. Successful and stopped containers are "
+        "always removed.",
+    )
+    synchronous: bool = Field(
+        default=True,
+        description="Wait for the run to finish. With false, running the pipeline "
+        "returns once the run is submitted, and a coordinator process in the "
+        "background runs it to the end, also after the client exits; its log is in "
+        "<local stores path>/docker_rs/runs/<run id>/coordinator.log.",
+    )
+    timeout: Optional[PositiveInt] = Field(
+        default=None,
+        description="Seconds one attempt of a step may run. A step that runs longer "
+        "is stopped (SIGTERM, SIGKILL after stop_grace_period), reported as timed "
+        "out, and retried if the step's retry configuration allows. Unset means no "
+        "limit.",
     )
 
     @field_validator("shm_size")
@@ -242,7 +257,17 @@ class DockerRsOrchestratorConfig(BaseOrchestratorConfig, DockerRsOrchestratorSet
         """Whether running a pipeline waits for the run to finish.
 
         Returns:
-            True: the client follows the run until every step has finished.
+            The `synchronous` setting.
+        """
+        return self.synchronous
+
+    @property
+    def handles_step_retries(self) -> bool:
+        """Whether the orchestrator retries failed steps itself.
+
+        Returns:
+            True: a failed step gets a new container for each retry, after ZenML's
+            retry delay and backoff, instead of retrying inside its container.
         """
         return True
 

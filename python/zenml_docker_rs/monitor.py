@@ -1,8 +1,12 @@
-"""Following a run of the Rust core: logging its events, handling interrupts, recording the end.
+"""Coordinating a run of the Rust core: logging its events, acting on interrupts and stop
+requests, and recording the end in ZenML.
 
-The core runs the containers on its own threads; this module only waits for batches of
-events (with the GIL released), logs them, and, on Ctrl-C or SIGTERM, cancels the run
-and waits until every container of it is stopped and removed.
+The core runs the containers on its own threads. This module waits for batches of
+events (with the GIL released) and logs them. On Ctrl-C or SIGTERM it cancels the run
+and waits until every container of it is stopped and removed. It also reads the run
+record for stop requests from other processes: a graceful one stops new steps from
+starting, a forceful one cancels the run. The process running this loop is the run's
+coordinator: the client for a synchronous run, a background process for a detached one.
 """
 
 import contextlib
@@ -15,10 +19,16 @@ from uuid import UUID
 
 from zenml.logger import get_logger
 
+from zenml_docker_rs import reporting
+from zenml_docker_rs.runs import FORCEFUL, GRACEFUL, RunRecord
+
 logger = get_logger(__name__)
 
 # How long one wait for events lasts; Ctrl-C is noticed between two waits.
 EVENT_WAIT_SECONDS = 0.2
+
+# How often the run record is read for stop requests from other processes.
+STOP_REQUEST_POLL_SECONDS = 1.0
 
 # Time allowed, beyond the longest stop grace period, for the core to stop and
 # remove every container after a cancel.
@@ -27,6 +37,10 @@ CLEANUP_MARGIN_SECONDS = 30.0
 
 class RunCancelledError(RuntimeError):
     """The run was interrupted; its containers were stopped and removed."""
+
+
+class RunStoppedError(RuntimeError):
+    """The run was stopped by a stop request, from `zenml pipeline runs stop` or the API."""
 
 
 class RunFailedError(RuntimeError):
@@ -38,30 +52,51 @@ class _Terminated(BaseException):
 
 
 class RunMonitor:
-    """Follows one run of the core until it ends."""
+    """Coordinates one run of the core until it ends."""
 
-    def __init__(self, handle: Any, spec: Dict[str, Any], pipeline_run_id: Optional[UUID]):
+    def __init__(
+        self,
+        handle: Any,
+        spec: Dict[str, Any],
+        record: RunRecord,
+        pipeline_run_id: Optional[UUID],
+        orchestrator_id: Optional[UUID],
+    ):
         """Wrap a started run.
 
         Args:
             handle: The core's `RunHandle`.
             spec: The run spec the run was started with.
-            pipeline_run_id: ZenML's id of the pipeline run, to record a failure.
+            record: The run's record, for stop requests and the result.
+            pipeline_run_id: ZenML's id of the pipeline run, to record the end.
+            orchestrator_id: The orchestrator component, for step metadata.
         """
         self._handle = handle
         self._spec = spec
+        self._record = record
         self._pipeline_run_id = pipeline_run_id
-        self._containers = {step["name"]: step["container"]["name"] for step in spec["steps"]}
+        self._orchestrator_id = orchestrator_id
+        self._steps = {step["name"]: step for step in spec["steps"]}
         self._final_steps: Dict[str, Dict[str, Any]] = {}
         self._status: Optional[str] = None
+        self._stop_mode: Optional[str] = None
+        self._next_stop_check = 0.0
 
     @classmethod
-    def start(cls, spec: Dict[str, Any], pipeline_run_id: Optional[UUID] = None) -> "RunMonitor":
-        """Start a run in the core.
+    def start(
+        cls,
+        spec: Dict[str, Any],
+        record: RunRecord,
+        pipeline_run_id: Optional[UUID] = None,
+        orchestrator_id: Optional[UUID] = None,
+    ) -> "RunMonitor":
+        """Start a run in the core, with this process as its coordinator.
 
         Args:
             spec: The run spec.
+            record: The run's record.
             pipeline_run_id: ZenML's id of the pipeline run.
+            orchestrator_id: The orchestrator component.
 
         Returns:
             The monitor of the started run.
@@ -71,12 +106,13 @@ class RunMonitor:
         logger.info(
             "Starting run `%s` with %d step container(s).", spec["run_id"], len(spec["steps"])
         )
+        record.claim_coordinator()
         handle = _core.start_run(spec)
-        return cls(handle, spec, pipeline_run_id)
+        return cls(handle, spec, record, pipeline_run_id, orchestrator_id)
 
     @property
     def status(self) -> Optional[str]:
-        """Final status of the run (`succeeded`, `failed`, `cancelled`), once it ended."""
+        """Final status of the run from the core, once it ended."""
         return self._status
 
     @property
@@ -93,6 +129,7 @@ class RunMonitor:
 
         Raises:
             RunCancelledError: If the run was interrupted.
+            RunStoppedError: If a stop request ended the run.
             RunFailedError: If a step failed.
         """
         started = time.monotonic()
@@ -105,19 +142,37 @@ class RunMonitor:
 
         if interrupted:
             self._cancel(interrupted)
-
-        if self._status == "cancelled" or interrupted:
-            self._record_failure()
-            raise RunCancelledError(
-                f"Run `{self._spec['run_id']}` was cancelled by {interrupted or 'a cancel request'}; "
-                "its containers were stopped and removed."
-            )
-        if self._status != "succeeded":
-            self._record_failure()
-            raise RunFailedError(self._failure_summary())
+        self._finish(interrupted)
         logger.info(
             "Run `%s` finished in %.1fs.", self._spec["run_id"], time.monotonic() - started
         )
+
+    def _finish(self, interrupted: Optional[str]) -> None:
+        """Record the run's end on disk and in ZenML, and raise if it did not succeed."""
+        run_id = self._spec["run_id"]
+        stopped_by_request = self._stop_mode is not None and self._status != "failed"
+        if interrupted:
+            result = "cancelled"
+        elif stopped_by_request:
+            result = "stopped"
+        else:
+            result = self._status or "failed"
+        self._record.write_result(result)
+
+        if result == "succeeded":
+            return
+        self._record_end(stopped_by_request=result == "stopped")
+        if interrupted:
+            raise RunCancelledError(
+                f"Run `{run_id}` was cancelled by {interrupted}; its containers were "
+                "stopped and removed."
+            )
+        if result == "stopped":
+            raise RunStoppedError(
+                f"Run `{run_id}` was stopped by a {self._stop_mode} stop request; no "
+                "container of it remains."
+            )
+        raise RunFailedError(self._failure_summary())
 
     def _cancel(self, reason: str) -> None:
         """Cancel the run and wait until the core has cleaned up every container."""
@@ -146,6 +201,7 @@ class RunMonitor:
                 return
             for event in events:
                 self._handle_event(event)
+            self._check_stop_request()
         logger.error(
             "Run `%s` did not finish cleaning up in time; check for leftover containers "
             "with `docker ps -a --filter label=io.zenml.run-id=%s`.",
@@ -153,12 +209,37 @@ class RunMonitor:
             self._spec["run_id"],
         )
 
+    def _check_stop_request(self) -> None:
+        """Pass a stop request from the run record to the core, once per mode."""
+        now = time.monotonic()
+        if now < self._next_stop_check or self._stop_mode == FORCEFUL:
+            return
+        self._next_stop_check = now + STOP_REQUEST_POLL_SECONDS
+        mode = self._record.stop_request()
+        if mode is None or mode == self._stop_mode:
+            return
+        self._stop_mode = mode
+        if mode == GRACEFUL:
+            logger.warning(
+                "Graceful stop requested: run `%s` starts no new step; running steps finish.",
+                self._spec["run_id"],
+            )
+            self._handle.drain()
+        else:
+            logger.warning(
+                "Forceful stop requested: stopping every container of run `%s`.",
+                self._spec["run_id"],
+            )
+            self._handle.cancel()
+
     def _handle_event(self, event: Dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "log":
             logger.info("[%s] %s", event["step"], event["line"])
         elif kind == "step":
             self._log_step_state(event)
+            if event["state"] in ("succeeded", "failed", "stopped"):
+                self._publish_step_metadata(event["step"], event)
         elif kind == "run_finished":
             self._status = event["status"]
             self._final_steps = event["steps"]
@@ -168,13 +249,27 @@ class RunMonitor:
         state = event["state"]
         message = event.get("message")
         if state == "running":
-            logger.info("Step `%s` started in container `%s`.", step, self._containers[step])
+            attempt = event.get("attempt", 1)
+            suffix = f" (attempt {attempt})" if attempt > 1 else ""
+            container = self._steps[step]["container"]["name"]
+            logger.info("Step `%s` started in container `%s`%s.", step, container, suffix)
         elif state == "succeeded":
             logger.info("Step `%s` succeeded.", step)
-        elif state == "failed":
+        elif state in ("failed", "retrying"):
             logger.error("%s", message)
         elif state in ("stopped", "skipped"):
             logger.warning("Step `%s` %s: %s", step, state, message)
+
+    def _publish_step_metadata(self, step: str, report: Dict[str, Any]) -> None:
+        if self._pipeline_run_id is None or self._orchestrator_id is None:
+            return
+        metadata = reporting.step_metadata(report, self._steps[step]["container"]["image"])
+        try:
+            reporting.publish_step_metadata(
+                self._pipeline_run_id, self._orchestrator_id, step, metadata
+            )
+        except Exception as error:  # noqa: BLE001 - metadata must not break the run
+            logger.warning("Could not record the metadata of step `%s`: %s", step, error)
 
     def _failure_summary(self) -> str:
         failed = [
@@ -192,36 +287,18 @@ class RunMonitor:
             summary += f"\n\nSteps stopped or not run: {', '.join(sorted(not_run))}."
         return summary
 
-    def _record_failure(self) -> None:
-        """Mark step runs that the killed containers left unfinished, and the run, as failed.
-
-        A step that was stopped or killed could not record its own end in ZenML.
-        """
+    def _record_end(self, stopped_by_request: bool) -> None:
+        """Record in ZenML how the run ended, for steps that could not record it."""
         if self._pipeline_run_id is None:
             return
         try:
-            _record_run_failure(self._pipeline_run_id, self._final_steps)
+            reporting.record_run_end(self._pipeline_run_id, self._final_steps, stopped_by_request)
         except Exception as error:  # noqa: BLE001 - the run's own error matters more
             logger.warning(
-                "Could not record the failure of pipeline run %s in ZenML: %s",
+                "Could not record the end of pipeline run %s in ZenML: %s",
                 self._pipeline_run_id,
                 error,
             )
-
-
-def _record_run_failure(pipeline_run_id: UUID, final_steps: Dict[str, Dict[str, Any]]) -> None:
-    from zenml.client import Client
-    from zenml.orchestrators import publish_utils
-
-    run = Client().get_pipeline_run(pipeline_run_id)
-    for name, step_run in run.steps.items():
-        if step_run.status.is_finished:
-            continue
-        if final_steps.get(name, {}).get("state") == "stopped":
-            publish_utils.publish_stopped_step_run(step_run.id)
-        else:
-            publish_utils.publish_failed_step_run(step_run.id)
-    publish_utils.publish_failed_pipeline_run(pipeline_run_id)
 
 
 @contextlib.contextmanager
@@ -239,4 +316,3 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-

@@ -3,6 +3,7 @@
 import os
 import re
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, cast
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, cast
 from zenml.config.global_config import GlobalConfiguration
 from zenml.constants import ENV_ZENML_LOCAL_STORES_PATH
 from zenml.entrypoints import StepEntrypointConfiguration
-from zenml.enums import ExecutionMode, StackComponentType
+from zenml.enums import ExecutionMode, ExecutionStatus, StackComponentType
 from zenml.logger import get_logger
 from zenml.orchestrators import ContainerizedOrchestrator, SubmissionResult
 from zenml.stack import StackValidator
@@ -23,8 +24,11 @@ from zenml_docker_rs.flavor import (
     parse_device,
     parse_volume,
 )
+from zenml_docker_rs.runs import FORCEFUL, GRACEFUL, RunRecord
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from zenml.config.base_settings import BaseSettings
     from zenml.config.step_configurations import Step
     from zenml.models import PipelineRunResponse, PipelineSnapshotResponse
@@ -41,6 +45,9 @@ LABEL_PIPELINE = f"{LABEL_PREFIX}.pipeline"
 LABEL_STEP = f"{LABEL_PREFIX}.step"
 LABEL_PIPELINE_RUN_ID = f"{LABEL_PREFIX}.pipeline-run-id"
 LABEL_ORCHESTRATOR_ID = f"{LABEL_PREFIX}.orchestrator-id"
+
+# Time allowed, beyond the grace period, for a coordinator to act on a forceful stop.
+STOP_MARGIN_SECONDS = 15
 
 # Where this package is mounted in step containers whose image lacks it.
 PACKAGE_MOUNT_ROOT = "/opt/zenml-docker-rs"
@@ -125,10 +132,12 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
         step_environments: Dict[str, Dict[str, str]],
         placeholder_run: Optional["PipelineRunResponse"] = None,
     ) -> Optional[SubmissionResult]:
-        """Start the run in the Rust core and return a waiter that follows it.
+        """Start the run in the Rust core.
 
         The spec is checked, Docker is reached and every image is made present
-        before this returns, so those errors surface before any step starts.
+        before this returns, so those errors surface before any step starts. A
+        synchronous run is followed by this process (the returned waiter); a
+        detached one by a background coordinator process.
 
         Args:
             snapshot: The pipeline snapshot to run.
@@ -138,7 +147,8 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
             placeholder_run: The run that ZenML created for this submission.
 
         Returns:
-            A submission result whose `wait_for_completion` follows the run.
+            A submission result with the orchestrator run id as metadata, and for a
+            synchronous run a `wait_for_completion` that follows the run.
 
         Raises:
             RuntimeError: If the pipeline has a schedule, which is not supported yet.
@@ -153,23 +163,170 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
 
         stack.check_local_paths()
         run_id = str(uuid.uuid4())
+        pipeline_run_id = placeholder_run.id if placeholder_run else None
         spec = self._build_run_spec(
             snapshot=snapshot,
             step_environments=step_environments,
             run_id=run_id,
-            pipeline_run_id=str(placeholder_run.id) if placeholder_run else None,
+            pipeline_run_id=str(pipeline_run_id) if pipeline_run_id else None,
         )
+        record = RunRecord(run_id)
+        record.create(
+            spec,
+            pipeline_run_id=str(pipeline_run_id) if pipeline_run_id else None,
+            orchestrator_id=str(self.id),
+        )
+        if pipeline_run_id:
+            _publish_orchestrator_run_id(pipeline_run_id, run_id)
+        metadata = {"orchestrator_run_id": run_id, "run_record": str(record.path)}
+
+        settings = cast(DockerRsOrchestratorSettings, self.get_settings(snapshot))
+        if not settings.synchronous:
+            from zenml_docker_rs import _core
+            from zenml_docker_rs.coordinator import launch_detached
+
+            _core.preflight(spec)
+            pid = launch_detached(record)
+            logger.info(
+                "Run `%s` goes on in the background (coordinator pid %d). Its log: %s. "
+                "Check it with `zenml pipeline runs refresh`, stop it with "
+                "`zenml pipeline runs stop`.",
+                run_id,
+                pid,
+                record.log_path,
+            )
+            return SubmissionResult(metadata=metadata)
 
         from zenml_docker_rs.monitor import RunMonitor
 
         monitor = RunMonitor.start(
-            spec,
-            pipeline_run_id=placeholder_run.id if placeholder_run else None,
+            spec, record, pipeline_run_id=pipeline_run_id, orchestrator_id=self.id
         )
-        return SubmissionResult(
-            wait_for_completion=monitor.wait,
-            metadata={"orchestrator_run_id": run_id},
+        return SubmissionResult(wait_for_completion=monitor.wait, metadata=metadata)
+
+    def fetch_status(
+        self, run: "PipelineRunResponse", include_steps: bool = False
+    ) -> Tuple[Optional[ExecutionStatus], Optional[Dict[str, ExecutionStatus]]]:
+        """Rebuild a run's status from its containers and its run record.
+
+        Works from any process on the Docker host, also after the client and the
+        coordinator are gone. A run whose coordinator died is reported as running while
+        its containers run, then as failed.
+
+        Args:
+            run: The pipeline run.
+            include_steps: Whether to return the status of each step too.
+
+        Returns:
+            The run's status (None to keep ZenML's) and, on request, step statuses.
+        """
+        from zenml_docker_rs import _core, status
+
+        run_id = _orchestrator_run_id(run)
+        if run_id is None:
+            return None, None
+        record = RunRecord(run_id)
+        containers = _core.find_containers({LABEL_RUN_ID: run_id})
+        run_status = status.run_status(run.status, containers, record)
+        if not include_steps:
+            return run_status, None
+
+        container_statuses = status.step_statuses(containers)
+        coordinator_alive = record.coordinator_alive()
+        steps: Dict[str, ExecutionStatus] = {}
+        for name, step_run in run.steps.items():
+            step_status = status.orphaned_step_status(
+                step_run.status, container_statuses.get(name), coordinator_alive
+            )
+            if step_status is not None:
+                steps[name] = step_status
+        return run_status, steps
+
+    def _stop_run_forcefully(self, pipeline_run: "PipelineRunResponse") -> None:
+        """Stop and remove every container of the run now, and stop its coordinator.
+
+        Args:
+            pipeline_run: The run, already marked as stopping by ZenML.
+        """
+        self._stop_run(pipeline_run, FORCEFUL)
+
+    def _stop_run_gracefully(self, pipeline_run: "PipelineRunResponse") -> None:
+        """Ask the run's coordinator to start no new step and let running steps finish.
+
+        Args:
+            pipeline_run: The run, already marked as stopping by ZenML.
+        """
+        self._stop_run(pipeline_run, GRACEFUL)
+
+    def _stop_run(self, pipeline_run: "PipelineRunResponse", mode: str) -> None:
+        """Pass a stop request to the run's coordinator, or act on it here without one.
+
+        Args:
+            pipeline_run: The run to stop.
+            mode: `graceful` or `forceful`.
+
+        Raises:
+            RuntimeError: If the run has no orchestrator run id yet.
+        """
+        from zenml_docker_rs import _core, reporting, status
+
+        run_id = _orchestrator_run_id(pipeline_run)
+        if run_id is None:
+            raise RuntimeError(
+                f"Pipeline run {pipeline_run.id} has no {FLAVOR_NAME} run id yet, so "
+                "its containers cannot be found. Try again once the run has started."
+            )
+        record = RunRecord(run_id)
+        record.request_stop(mode)
+        coordinator_alive = record.coordinator_alive()
+        if coordinator_alive is not False:
+            logger.info("Asked the coordinator of run `%s` for a %s stop.", run_id, mode)
+            if mode == FORCEFUL:
+                self._wait_for_forceful_stop(run_id, record)
+            return
+
+        # Nobody coordinates the run any more, so the stop happens here. A graceful
+        # stop lets the orphaned steps that still run finish; `gc` removes them later.
+        containers = _core.find_containers({LABEL_RUN_ID: run_id})
+        targets = [
+            container["id"]
+            for container in containers
+            if mode == FORCEFUL or not status.is_active(container)
+        ]
+        _core.stop_and_remove(targets, _stop_grace_period(record))
+        logger.info(
+            "Run `%s` has no coordinator any more: removed %d of its %d container(s).",
+            run_id,
+            len(targets),
+            len(containers),
         )
+        record.write_result("stopped")
+        reporting.record_run_end(pipeline_run.id, {}, stopped_by_request=True)
+
+    def _wait_for_forceful_stop(self, run_id: str, record: RunRecord) -> None:
+        """Wait until the coordinator has removed every container of the run, and
+        remove what is left after the grace period and a margin.
+
+        Args:
+            run_id: The orchestrator run id.
+            record: The run's record.
+        """
+        from zenml_docker_rs import _core
+
+        grace = _stop_grace_period(record)
+        deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
+        containers = _core.find_containers({LABEL_RUN_ID: run_id})
+        while containers and time.monotonic() < deadline:
+            time.sleep(0.5)
+            containers = _core.find_containers({LABEL_RUN_ID: run_id})
+        if containers:
+            removed = _core.stop_and_remove([c["id"] for c in containers], 0)
+            logger.warning(
+                "The coordinator of run `%s` did not remove %d container(s) in time; "
+                "removed them here.",
+                run_id,
+                len(removed),
+            )
 
     def _build_run_spec(
         self,
@@ -214,11 +371,14 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
                 labels={**labels, LABEL_STEP: step_name},
                 name=container_name(pipeline_name, step_name, run_id),
             )
+            step_settings = cast(DockerRsOrchestratorSettings, self.get_settings(step))
             steps.append(
                 {
                     "name": step_name,
                     "upstream": list(step.spec.upstream_steps),
                     "container": container,
+                    "retry": retry_spec(step),
+                    "timeout_secs": step_settings.timeout,
                 }
             )
 
@@ -285,6 +445,62 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
         }
 
 
+def _orchestrator_run_id(run: "PipelineRunResponse") -> Optional[str]:
+    """Return the orchestrator run id of a ZenML pipeline run, if it has one yet.
+
+    Args:
+        run: The pipeline run.
+
+    Returns:
+        The id this orchestrator gave the run, from ZenML or the run metadata.
+    """
+    if run.orchestrator_run_id:
+        return run.orchestrator_run_id
+    value = run.run_metadata.get("orchestrator_run_id")
+    return str(value) if value else None
+
+
+def _publish_orchestrator_run_id(pipeline_run_id: "UUID", run_id: str) -> None:
+    """Record the orchestrator run id in ZenML at submission, so that status and stop
+    work before the first step starts.
+
+    Args:
+        pipeline_run_id: The pipeline run.
+        run_id: The orchestrator run id.
+    """
+    from zenml.client import Client
+    from zenml.models import PipelineRunUpdate
+
+    try:
+        Client().zen_store.update_run(
+            run_id=pipeline_run_id,
+            run_update=PipelineRunUpdate(orchestrator_run_id=run_id),
+        )
+    except Exception as error:  # noqa: BLE001 - the steps record it again when they start
+        logger.warning(
+            "Could not record orchestrator run id %s for pipeline run %s: %s",
+            run_id,
+            pipeline_run_id,
+            error,
+        )
+
+
+def _stop_grace_period(record: RunRecord) -> int:
+    """Return the longest stop grace period of the run's steps, in seconds.
+
+    Args:
+        record: The run's record.
+
+    Returns:
+        The grace period from the run spec, or Docker's default of 10 s without one.
+    """
+    try:
+        steps = record.spec()["steps"]
+    except FileNotFoundError:
+        return 10
+    return max(int(step["container"].get("stop_grace_period_secs", 10)) for step in steps)
+
+
 def _check_docker_reachable(stack: "Stack") -> Tuple[bool, str]:
     """Check, before ZenML builds images, that the Docker daemon answers.
 
@@ -349,6 +565,25 @@ def package_mount() -> Dict[str, Any]:
         "source": str(package_dir),
         "target": f"{PACKAGE_MOUNT_ROOT}/{package_dir.name}",
         "read_only": True,
+    }
+
+
+def retry_spec(step: "Step") -> Optional[Dict[str, Any]]:
+    """Translate the step's ZenML retry configuration into the core's retry policy.
+
+    Args:
+        step: The ZenML step.
+
+    Returns:
+        The retry policy as a plain dict, or None when the step is not retried.
+    """
+    retry = step.config.retry
+    if retry is None or retry.max_retries <= 0:
+        return None
+    return {
+        "max_retries": retry.max_retries,
+        "delay_secs": retry.delay,
+        "backoff": float(retry.backoff),
     }
 
 

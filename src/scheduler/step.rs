@@ -123,7 +123,19 @@ async fn run_attempt<E: ContainerEngine>(
     let mut stop_requested = false;
     loop {
         tokio::select! {
-            result = &mut run => return (result, timed_out),
+            result = &mut run => {
+                // A container that vanished while it was being stopped (removed by
+                // another process, say) was stopped all the same.
+                let result = match result {
+                    Err(_) if stop_requested => Ok(ContainerExit {
+                        exit_code: -1,
+                        stopped: true,
+                        ..Default::default()
+                    }),
+                    other => other,
+                };
+                return (result, timed_out);
+            }
             _ = stop.fired(), if !stop_requested => {
                 stop_requested = true;
                 attempt_trigger.fire();
