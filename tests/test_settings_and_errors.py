@@ -252,7 +252,7 @@ def test_unreachable_docker_fails_clearly(zenml_stack):
 
 def test_out_of_memory_names_limit(zenml_stack):
     name = "e2e_out_of_memory"
-    limit_bytes = int(ResourceSettings(memory="64MB").get_memory(unit="B"))
+    limit_bytes = int(ResourceSettings(memory="400MB").get_memory(unit="B"))
 
     result = run_pipeline("oom_pipeline.py", "--name", name)
 
@@ -260,6 +260,8 @@ def test_out_of_memory_names_limit(zenml_stack):
     assert result.returncode != 0, output
     assert "step `hog_memory` ran out of memory" in output
     assert f"({limit_bytes} bytes)" in output
+    assert "[hog_memory] allocating 1000000000 bytes with a limit of 400MB" in output
+    assert "the allocation succeeded" not in output
     assert Client().get_pipeline(name).last_run.status == ExecutionStatus.FAILED
 
 
