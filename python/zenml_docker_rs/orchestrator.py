@@ -248,7 +248,7 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
         Args:
             pipeline_run: The run, already marked as stopping by ZenML.
         """
-        self._stop_run(pipeline_run, FORCEFUL)
+        self._request_stop(pipeline_run, FORCEFUL)
 
     def _stop_run_gracefully(self, pipeline_run: "PipelineRunResponse") -> None:
         """Ask the run's coordinator to start no new step and let running steps finish.
@@ -256,9 +256,9 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
         Args:
             pipeline_run: The run, already marked as stopping by ZenML.
         """
-        self._stop_run(pipeline_run, GRACEFUL)
+        self._request_stop(pipeline_run, GRACEFUL)
 
-    def _stop_run(self, pipeline_run: "PipelineRunResponse", mode: str) -> None:
+    def _request_stop(self, pipeline_run: "PipelineRunResponse", mode: str) -> None:
         """Pass a stop request to the run's coordinator, or act on it here without one.
 
         Args:
