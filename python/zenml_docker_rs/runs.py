@@ -26,6 +26,9 @@ from zenml.config.global_config import GlobalConfiguration
 GRACEFUL = "graceful"
 FORCEFUL = "forceful"
 
+# States in /proc/<pid>/stat of a process that has exited: zombie and dead (proc(5)).
+_EXITED_PROCESS_STATES = {"Z", "X", "x"}
+
 
 def runs_root() -> Path:
     """Return the folder that holds every run record of this ZenML configuration.
@@ -39,15 +42,20 @@ def runs_root() -> Path:
 def _process_start_ticks(pid: int) -> Optional[int]:
     """Return the start time of process `pid` in clock ticks since boot, or None.
 
-    Together with the pid it identifies a process even after the pid is reused.
+    Together with the pid it identifies a process even after the pid is reused. A
+    process that has exited but was not yet reaped by its parent (a zombie) counts as
+    gone and gives None.
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may contain spaces, so the
-    # fields are counted from after its closing parenthesis; start time is field 22.
+    # fields are counted from after its closing parenthesis: state is field 3, start
+    # time is field 22.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in _EXITED_PROCESS_STATES:
+        return None
     return int(fields[19])
 
 
