@@ -250,8 +250,12 @@ class RunMonitor:
         message = event.get("message")
         if state == "running":
             attempt = event.get("attempt", 1)
-            suffix = f" (attempt {attempt})" if attempt > 1 else ""
             container = self._steps[step]["container"]["name"]
+            suffix = ""
+            if attempt > 1:
+                # The core names the container of attempt n > 1 `<name>-retry<n-1>`.
+                container = f"{container}-retry{attempt - 1}"
+                suffix = f" (attempt {attempt})"
             logger.info("Step `%s` started in container `%s`%s.", step, container, suffix)
         elif state == "succeeded":
             logger.info("Step `%s` succeeded.", step)
