@@ -45,9 +45,8 @@ else
 fi
 
 exists() { "$zenml" "$@" >/dev/null 2>&1; }
-if ! "$zenml" orchestrator flavor list 2>/dev/null | grep -q docker_rs; then
+exists orchestrator flavor describe docker_rs ||
     "$zenml" orchestrator flavor register zenml_docker_rs.DockerRsOrchestratorFlavor
-fi
 exists orchestrator describe docker_rs || "$zenml" orchestrator register docker_rs -f docker_rs
 exists image-builder describe local_builder || "$zenml" image-builder register local_builder -f local
 if exists stack describe docker_rs_stack; then
@@ -56,7 +55,7 @@ else
     "$zenml" stack register docker_rs_stack -o docker_rs -a default -i local_builder --set
 fi
 
-say "running examples/fan_out.py $* on docker_rs_stack"
+say "running examples/fan_out.py${*:+ $*} on docker_rs_stack"
 cd examples
 "$python" fan_out.py "$@"
 say "done. Activate the environment with: source $bin_dir/activate"

@@ -24,6 +24,13 @@ pub enum Error {
     )]
     ImageUnavailable { image: String, reason: String },
 
+    /// A network that a container should join does not exist or cannot be inspected.
+    #[error(
+        "network `{network}` is not usable on the Docker host: {reason}. Create it with \
+         `docker network create {network}`, or fix the `network` setting"
+    )]
+    NetworkUnavailable { network: String, reason: String },
+
     /// A Docker API call about one container failed.
     #[error("Docker could not {operation} container `{container}`: {reason}")]
     Container {

@@ -52,6 +52,12 @@ mod python {
         PyRuntimeError,
         "A Docker API call failed."
     );
+    create_exception!(
+        _core,
+        NetworkUnavailableError,
+        PyRuntimeError,
+        "A network a container should join does not exist."
+    );
 
     /// Events buffered between the run and Python. When full, the run waits for Python
     /// to take events, which bounds memory whatever the steps print.
@@ -65,6 +71,7 @@ mod python {
         match error {
             Error::InvalidSpec(_) => SpecError::new_err(message),
             Error::DockerUnavailable { .. } => DockerUnavailableError::new_err(message),
+            Error::NetworkUnavailable { .. } => NetworkUnavailableError::new_err(message),
             Error::ImageUnavailable { .. } => ImageUnavailableError::new_err(message),
             Error::Container { .. } | Error::DockerApi { .. } | Error::Internal(_) => {
                 EngineError::new_err(message)
@@ -111,8 +118,9 @@ mod python {
         .map_err(to_py_err)
     }
 
-    /// Connects to Docker and makes sure every image of `spec` is present, pulling
-    /// missing ones, so that these errors come before any container starts.
+    /// Connects to Docker, makes sure every image of `spec` is present (pulling missing
+    /// ones) and every network exists, so that these errors come before any container
+    /// starts.
     async fn prepare(spec: &RunSpec, docker_host: Option<&str>) -> Result<DockerEngine, Error> {
         let engine = DockerEngine::connect(docker_host).await?;
         let mut images: Vec<&str> = spec
@@ -124,6 +132,16 @@ mod python {
         images.dedup();
         for image in images {
             engine.ensure_image(image).await?;
+        }
+        let mut networks: Vec<&str> = spec
+            .steps
+            .iter()
+            .filter_map(|s| s.container.network.as_deref())
+            .collect();
+        networks.sort_unstable();
+        networks.dedup();
+        for network in networks {
+            engine.ensure_network(network).await?;
         }
         Ok(engine)
     }
@@ -313,6 +331,10 @@ mod python {
             py.get_type::<ImageUnavailableError>(),
         )?;
         m.add("EngineError", py.get_type::<EngineError>())?;
+        m.add(
+            "NetworkUnavailableError",
+            py.get_type::<NetworkUnavailableError>(),
+        )?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }

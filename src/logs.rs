@@ -199,16 +199,53 @@ impl OutputSink {
         let _ = self.events.send(event).await;
     }
 
+    /// Keeps a readable copy of `text` in the tail: without terminal colour codes, and
+    /// not at all when it is only the frame of a drawn box (as rich tracebacks print),
+    /// so the tail's lines carry text.
     fn remember(&mut self, text: &str) {
+        let plain = strip_ansi_escapes(text);
+        if is_frame_only(&plain) {
+            return;
+        }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        let shortened = match text.char_indices().nth(TAIL_LINE_CHARS) {
-            Some((cut, _)) => format!("{}...", &text[..cut]),
-            None => text.to_string(),
+        let shortened = match plain.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((cut, _)) => format!("{}...", &plain[..cut]),
+            None => plain,
         };
         self.tail.push_back(shortened);
     }
+}
+
+/// Removes terminal escape sequences: CSI sequences such as colours (`ESC [ ... letter`)
+/// and other two-byte escapes.
+fn strip_ansi_escapes(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            plain.push(c);
+            continue;
+        }
+        if chars.next_if_eq(&'[').is_some() {
+            // Parameters and intermediates run until a final byte in '@'..='~'.
+            for next in chars.by_ref() {
+                if ('@'..='~').contains(&next) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    plain
+}
+
+/// True for a line made only of whitespace and box-drawing characters.
+fn is_frame_only(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_whitespace() || ('\u{2500}'..='\u{257f}').contains(&c))
 }
 
 #[cfg(test)]
@@ -294,6 +331,31 @@ mod tests {
     fn splitter_replaces_invalid_utf8() {
         let mut s = LineSplitter::default();
         assert_eq!(texts(s.push(b"a\xffb\n")), vec!["a\u{fffd}b"]);
+    }
+
+    #[test]
+    fn ansi_escapes_are_stripped() {
+        assert_eq!(
+            strip_ansi_escapes("\u{1b}[37mStep\u{1b}[0m done"),
+            "Step done"
+        );
+        assert_eq!(strip_ansi_escapes("\u{1b}[38;5;105mx\u{1b}[0m"), "x");
+        assert_eq!(strip_ansi_escapes("plain"), "plain");
+    }
+
+    #[tokio::test]
+    async fn tail_skips_frames_and_colours() {
+        let (tx, _rx) = mpsc::channel(100);
+        let mut sink = OutputSink::new("s", tx);
+        sink.write(
+            OutputStream::Stderr,
+            "\u{1b}[31mValueError: bad\u{1b}[0m\n".as_bytes(),
+        )
+        .await;
+        sink.write(OutputStream::Stderr, "╰──────────╯\n".as_bytes())
+            .await;
+        sink.write(OutputStream::Stderr, "   \n".as_bytes()).await;
+        assert_eq!(sink.tail(), vec!["ValueError: bad"]);
     }
 
     #[tokio::test]

@@ -199,8 +199,7 @@ impl<'a> RunState<'a> {
                 .with_message(describe_failure(step, &outcome)),
             _ => {
                 let reason = self.halt_reason.as_deref().unwrap_or("the run stopped");
-                attempt_report(&outcome, StepState::Stopped)
-                    .with_message(format!("step `{}` was stopped because {reason}", step.name))
+                attempt_report(&outcome, StepState::Stopped).with_message(reason.to_string())
             }
         };
         let state = report.state;
@@ -242,9 +241,8 @@ impl<'a> RunState<'a> {
             if self.phases[index] != Phase::Waiting {
                 continue;
             }
-            let report = StepReport::new(StepState::Skipped).with_message(format!(
-                "skipped because upstream step `{failed_name}` failed"
-            ));
+            let report = StepReport::new(StepState::Skipped)
+                .with_message(format!("upstream step `{failed_name}` failed"));
             self.set(index, Phase::Finished(StepState::Skipped), report)
                 .await;
             pending.extend(self.downstream[index].iter().copied());
@@ -258,8 +256,8 @@ impl<'a> RunState<'a> {
                 continue;
             }
             let reason = match &self.halt_reason {
-                Some(reason) => format!("not started because {reason}"),
-                None => "not started because an upstream step did not succeed".to_string(),
+                Some(reason) => reason.clone(),
+                None => "an upstream step did not succeed".to_string(),
             };
             let report = StepReport::new(StepState::Skipped).with_message(reason);
             self.set(index, Phase::Finished(StepState::Skipped), report)

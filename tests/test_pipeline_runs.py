@@ -127,7 +127,7 @@ def test_fail_fast_stops_sibling(zenml_stack, tmp_path):
     # The sibling was running and was stopped before it could finish its sleep.
     assert (tmp_path / "sibling.started").exists()
     assert not (tmp_path / "sibling.finished").exists()
-    assert "Step `sibling` stopped: step `sibling` was stopped because step `failing` failed" in output
+    assert "Step `sibling` stopped: step `failing` failed" in output
 
     run = last_run(name)
     assert run.status == ExecutionStatus.FAILED
@@ -151,7 +151,7 @@ def test_stop_on_failure_lets_sibling_finish(zenml_stack, tmp_path):
     failing_started = json.loads((tmp_path / "failing.started").read_text())
     assert failing_started["time"] < finished["time"]
     assert "Step `sibling` succeeded." in output
-    assert "Step `after_sibling` skipped: not started because step `failing` failed" in output
+    assert "Step `after_sibling` skipped: step `failing` failed" in output
 
     run = last_run(name)
     assert run.status == ExecutionStatus.FAILED
@@ -173,7 +173,7 @@ def test_continue_on_failure_skips_downstream(zenml_stack, tmp_path):
     assert (tmp_path / "sibling.finished").exists()
     assert (tmp_path / "after_sibling.ran").exists()
     assert "[after_sibling] after_sibling ran" in output
-    assert "Step `after_failing` skipped: skipped because upstream step `failing` failed" in output
+    assert "Step `after_failing` skipped: upstream step `failing` failed" in output
 
     run = last_run(name)
     assert run.status == ExecutionStatus.FAILED

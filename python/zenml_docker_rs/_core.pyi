@@ -74,6 +74,9 @@ class ImageUnavailableError(RuntimeError):
 class EngineError(RuntimeError):
     """A Docker API call failed, or the core hit an internal error."""
 
+class NetworkUnavailableError(RuntimeError):
+    """A network that a step container should join does not exist."""
+
 def validate_spec(spec: Dict[str, Any]) -> None:
     """Check a run spec without running it.
 
@@ -96,7 +99,7 @@ def check_docker(docker_host: Optional[str] = None) -> str:
     """
 
 def preflight(spec: Dict[str, Any], docker_host: Optional[str] = None) -> None:
-    """Validate the spec, connect to Docker and make sure every image is present.
+    """Validate the spec, connect to Docker, make sure every image and network is present.
 
     Starts nothing: the checks `start_run` makes first, for a caller that starts the
     run in another process.
@@ -105,6 +108,7 @@ def preflight(spec: Dict[str, Any], docker_host: Optional[str] = None) -> None:
         SpecError: If the spec is invalid.
         DockerUnavailableError: If the daemon cannot be reached within 5 seconds.
         ImageUnavailableError: If an image is missing and cannot be pulled.
+        NetworkUnavailableError: If a network of the spec does not exist.
     """
 
 def find_containers(
@@ -135,7 +139,8 @@ def stop_and_remove(
     """
 
 def start_run(spec: Dict[str, Any], docker_host: Optional[str] = None) -> RunHandle:
-    """Validate the spec, connect to Docker, make sure every image is present, start the run.
+    """Validate the spec, connect to Docker, make sure every image and network is
+    present, start the run.
 
     Every error of these checks is raised before any container starts.
 
@@ -150,6 +155,7 @@ def start_run(spec: Dict[str, Any], docker_host: Optional[str] = None) -> RunHan
         SpecError: If the spec is invalid.
         DockerUnavailableError: If the daemon cannot be reached within 5 seconds.
         ImageUnavailableError: If an image is missing and cannot be pulled.
+        NetworkUnavailableError: If a network of the spec does not exist.
     """
 
 class RunHandle:

@@ -87,6 +87,11 @@ def parse_volume(spec: str) -> Dict[str, Union[str, bool]]:
             "SOURCE is an absolute host path or a Docker volume name"
         )
     source, target = parts[0], parts[1]
+    if not source.startswith("/") and ("/" in source or source.startswith(".")):
+        raise ValueError(
+            f"invalid volume {spec!r}: the source {source!r} is a relative path; use an "
+            "absolute host path, or a Docker volume name without '/'"
+        )
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
         raise ValueError(f"invalid volume {spec!r}: the mode must be 'ro' or 'rw', not {mode!r}")
@@ -231,9 +236,15 @@ class DockerRsOrchestratorSettings(BaseSettings):
     @field_validator("user")
     @classmethod
     def _check_user(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+        if value is not None and (
+            not value.strip()
+            or any(c.isspace() for c in value)
+            or value.count(":") > 1
+            or any(not part for part in value.split(":"))
+        ):
             raise ValueError(
-                f"invalid user {value!r}: use a uid, uid:gid or user name without spaces"
+                f"invalid user {value!r}: use a uid or user name, optionally followed by "
+                "':' and a gid or group name, without spaces (for example 1000:1000)"
             )
         return value
 

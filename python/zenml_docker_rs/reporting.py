@@ -87,6 +87,10 @@ def record_run_end(
     from zenml.orchestrators import publish_utils
 
     run = Client().get_pipeline_run(pipeline_run_id)
+    if run.status.is_finished:
+        # ZenML already ended the run, for instance through its own signal handling
+        # in the steps; a finished run's status cannot change any more.
+        return
     for name, step_run in run.steps.items():
         if step_run.status.is_finished:
             continue

@@ -74,6 +74,23 @@ impl DockerEngine {
         Ok(DockerEngine { docker, host })
     }
 
+    /// Checks that the network a container should join exists. Docker's built-in
+    /// network modes (`bridge`, `host`, `none`, `default`, `container:<name>`) always
+    /// do.
+    pub async fn ensure_network(&self, network: &str) -> Result<(), Error> {
+        let built_in = ["bridge", "host", "none", "default"];
+        if built_in.contains(&network) || network.starts_with("container:") {
+            return Ok(());
+        }
+        match self.docker.inspect_network(network, None).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::NetworkUnavailable {
+                network: network.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// The address of the daemon this engine talks to.
     pub fn host(&self) -> &str {
         &self.host
@@ -385,9 +402,11 @@ impl ContainerEngine for DockerEngine {
         let id = self.create(spec).await?;
         if stop.is_set() {
             self.remove(&id).await?;
-            return Ok(stopped_before_start(id));
+            return Ok(stopped_before_start(id, &spec.name));
         }
-        if let Err(e) = self.start(&id).await {
+        // Docker accepts the unique name as well as the id; the name is what the
+        // user recognises in an error.
+        if let Err(e) = self.start(&spec.name).await {
             // A container that never started has no output to debug, so it is removed
             // even with `keep_if_failed`. The start error is what the user needs, and a
             // removal error would hide it.
@@ -416,6 +435,7 @@ impl ContainerEngine for DockerEngine {
         };
         let mut exit = ContainerExit {
             container_id: id,
+            container_name: spec.name.clone(),
             exit_code: if exit_code >= 0 {
                 exit_code
             } else {
@@ -467,9 +487,10 @@ fn output_of(chunk: &LogOutput) -> Option<(OutputStream, &[u8])> {
     }
 }
 
-fn stopped_before_start(container_id: String) -> ContainerExit {
+fn stopped_before_start(container_id: String, name: &str) -> ContainerExit {
     ContainerExit {
         container_id,
+        container_name: name.to_string(),
         exit_code: -1,
         stopped: true,
         ..Default::default()

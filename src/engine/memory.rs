@@ -119,6 +119,7 @@ impl ContainerEngine for MemoryEngine {
         self.record(record(spec.name.clone()));
         Ok(ContainerExit {
             container_id: format!("id-{}", spec.name),
+            container_name: spec.name.clone(),
             exit_code: if stopped { 137 } else { script.exit_code },
             oom_killed: script.oom_killed && !stopped,
             stopped,

@@ -30,6 +30,8 @@ use crate::spec::ContainerSpec;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerExit {
     pub container_id: String,
+    /// Container name, which `docker logs` and `docker rm` accept as well.
+    pub container_name: String,
     pub exit_code: i64,
     /// The kernel killed the container for exceeding its memory limit. Never true when
     /// `stopped` is.

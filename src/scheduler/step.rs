@@ -204,8 +204,9 @@ pub(super) fn describe_failure(step: &StepSpec, outcome: &StepOutcome) -> String
     };
     if exit.kept {
         message.push_str(&format!(
-            "; its container {} was kept for debugging (keep_failed_containers)",
-            exit.container_id
+            "; its container `{}` was kept for debugging (keep_failed_containers); \
+             see `docker logs {}`, remove it with `docker rm {}`",
+            exit.container_name, exit.container_name, exit.container_name
         ));
     }
     if outcome.tail.is_empty() {

@@ -217,7 +217,7 @@ async fn fail_fast_stops_running_steps() {
     assert!(outcome.message("long").contains("step `bad` failed"));
     assert!(outcome
         .message("after_long")
-        .contains("not started because step `bad` failed"));
+        .contains("step `bad` failed (execution mode fail_fast)"));
 }
 
 #[tokio::test(start_paused = true)]
