@@ -372,6 +372,14 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
                 name=container_name(pipeline_name, step_name, run_id),
             )
             step_settings = cast(DockerRsOrchestratorSettings, self.get_settings(step))
+            if step_settings.max_parallelism != pipeline_settings.max_parallelism:
+                logger.warning(
+                    "Step `%s` sets max_parallelism=%s, which applies to a whole run: "
+                    "set it on the pipeline or the orchestrator instead. The run uses %s.",
+                    step_name,
+                    step_settings.max_parallelism,
+                    pipeline_settings.max_parallelism or "no limit",
+                )
             steps.append(
                 {
                     "name": step_name,
