@@ -87,10 +87,6 @@ def record_run_end(
     from zenml.orchestrators import publish_utils
 
     run = Client().get_pipeline_run(pipeline_run_id)
-    if run.status.is_finished:
-        # ZenML already ended the run, for instance through its own signal handling
-        # in the steps; a finished run's status cannot change any more.
-        return
     for name, step_run in run.steps.items():
         if step_run.status.is_finished:
             continue
@@ -100,6 +96,10 @@ def record_run_end(
         else:
             publish_utils.publish_failed_step_run(step_run.id)
 
+    if run.status.is_finished:
+        # ZenML already ended the run, for instance when a step's own signal handling
+        # recorded a failure; a finished run's status cannot change any more.
+        return
     if stopped_by_request:
         # ZenML computes a stopping run's status from its steps: once every step run
         # has finished, the run becomes stopped.
