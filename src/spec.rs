@@ -270,6 +270,22 @@ impl RunSpec {
                     step.name
                 )));
             }
+            if let Some(retry) = &step.retry {
+                if !retry.backoff.is_finite() || retry.backoff < 0.0 {
+                    return Err(Error::InvalidSpec(format!(
+                        "step `{}` has retry backoff {}; use a finite number, 0 or more",
+                        step.name, retry.backoff
+                    )));
+                }
+            }
+            if let Some(cpus) = container.resources.cpu_count {
+                if !cpus.is_finite() || cpus <= 0.0 {
+                    return Err(Error::InvalidSpec(format!(
+                        "step `{}` has cpu_count {cpus}; use a positive number of CPUs",
+                        step.name
+                    )));
+                }
+            }
             if step.timeout_secs == Some(0) {
                 return Err(Error::InvalidSpec(format!(
                     "step `{}` has a timeout of 0 seconds; use a positive timeout, or none",

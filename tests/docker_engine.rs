@@ -1059,3 +1059,26 @@ async fn stop_and_remove_clears_running_container() {
     test.assert_removed(&id).await;
     test.assert_no_leftovers().await;
 }
+
+#[tokio::test]
+async fn output_keeps_every_line_of_large_output() {
+    let mut test = TestCase::new("large-output").await;
+    // About 2.7 MB in 400,000 lines: enough for a followed log to lose lines on Docker
+    // 20.10, and for a log with a small max-size to rotate.
+    let spec = test.spec("seq 1 400000; echo DONE");
+
+    let finished = test.run(&spec).await;
+
+    assert_eq!(finished.exit().exit_code, 0);
+    let lines: Vec<String> = finished
+        .pieces(OutputStream::Stdout)
+        .into_iter()
+        .map(|(line, _)| line)
+        .collect();
+    assert_eq!(lines.len(), 400_001, "lines were lost or duplicated");
+    for (index, line) in lines[..400_000].iter().enumerate() {
+        assert_eq!(line, &(index + 1).to_string(), "line {index} is out of order");
+    }
+    assert_eq!(lines[400_000], "DONE");
+    test.assert_no_leftovers().await;
+}

@@ -12,7 +12,7 @@ use bollard::models::{
     MountType,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -24,12 +24,16 @@ use crate::events::OutputStream;
 use crate::logs::OutputSink;
 use crate::spec::{ContainerSpec, MountKind};
 
+/// Output of an attached container, as bollard delivers it.
+pub type AttachedOutput =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+
 /// Time allowed to connect to the daemon and get an answer before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the followed output stream may stay open after the container exited. Docker
-/// normally closes it at the exit, sometimes before it sent everything, which
-/// `write_missed_output` makes up for. This limit guards against a stream that stays open.
+/// How long the attached output stream may stay open after the container exited. Docker
+/// closes it once the container's stdout and stderr are drained; this limit only guards
+/// against a stream that stays open, as a child process holding them would make it.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon address used when neither the caller nor `DOCKER_HOST` names one; the
@@ -217,39 +221,51 @@ impl DockerEngine {
         MemorySampler { peak, task }
     }
 
-    /// Streams the container's output into `output` and waits for it to exit, stopping
-    /// it when `stop` fires. Returns the exit code and whether the container was stopped.
+    /// Attaches to the output streams of a created container, before it starts.
     ///
-    /// The output is read from the start of the container's log, so nothing printed
-    /// before this call, or by a container that has already exited, is missed. Output
-    /// the followed log stream missed at the end is read again once the container has
-    /// exited; see [`DockerEngine::write_missed_output`].
+    /// Attaching before the start means the stream carries every byte the container
+    /// writes, straight from its stdout and stderr, and ends only after the last one.
+    /// Reading the log (`docker logs -f`) instead loses output: Docker 20.10 can close
+    /// a followed log before its last entries (reported upstream as
+    /// <https://github.com/moby/moby/issues/43860>), and a log that rotates (`max-size`)
+    /// skips whatever rotated out. A slow reader slows the container's writes instead.
+    pub async fn attach(&self, id: &str) -> Result<AttachedOutput, Error> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| Error::container("attach to", id, e))?;
+        Ok(attached.output)
+    }
+
+    /// Streams `attached` output into `output` and waits for the container to exit,
+    /// stopping it when `stop` fires. Returns the exit code and whether the container
+    /// was stopped.
     pub async fn follow(
         &self,
         id: &str,
+        mut attached: AttachedOutput,
         grace_period_secs: u32,
         output: &mut OutputSink,
         mut stop: StopSignal,
     ) -> Result<(i64, bool), Error> {
-        let options = LogsOptionsBuilder::new()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let mut logs = self.docker.logs(id, Some(options));
         let wait = self.wait(id);
         tokio::pin!(wait);
 
         let mut exit_code = None;
         let mut output_done = false;
         let mut stop_request = None;
-        let mut written = WrittenBytes::default();
         while exit_code.is_none() || !output_done {
             tokio::select! {
-                chunk = logs.next(), if !output_done => match chunk {
+                chunk = attached.next(), if !output_done => match chunk {
                     Some(Ok(chunk)) => {
                         if let Some((stream, message)) = output_of(&chunk) {
-                            *written.of(stream) += message.len();
                             output.write(stream, message).await;
                         }
                     }
@@ -273,7 +289,6 @@ impl DockerEngine {
                 }
             }
         }
-        self.write_missed_output(id, written, output).await;
         output.finish().await;
 
         let stopped = stop_request.is_some();
@@ -284,43 +299,6 @@ impl DockerEngine {
             }
         }
         Ok((exit_code.unwrap_or(-1), stopped))
-    }
-
-    /// Writes the output of an exited container that the followed log stream missed.
-    ///
-    /// A followed log stream of Docker 20.10 can end before it has sent the last entries
-    /// of the log. An unterminated last line, which Docker logs only when the container
-    /// exits, is lost that way in some runs (upstream report:
-    /// <https://github.com/moby/moby/issues/43860>). Docker finishes writing the log before
-    /// it reports the container as exited, and the followed stream sent the start of each
-    /// stream of that log, so the bytes past `written` are exactly the missed output.
-    ///
-    /// NOTE: this reads the whole log a second time, which costs as much as the output
-    /// was long. Reading only its end would need log timestamps to find the position.
-    async fn write_missed_output(&self, id: &str, written: WrittenBytes, output: &mut OutputSink) {
-        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
-        let mut logs = self.docker.logs(id, Some(options));
-        let mut to_skip = written;
-        while let Some(chunk) = logs.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    let notice =
-                        format!("[zenml-docker-rs] reading the end of the output failed: {e}\n");
-                    output.write(OutputStream::Stderr, notice.as_bytes()).await;
-                    return;
-                }
-            };
-            let Some((stream, message)) = output_of(&chunk) else {
-                continue;
-            };
-            let skip = to_skip.of(stream);
-            let skipped = (*skip).min(message.len());
-            *skip -= skipped;
-            if skipped < message.len() {
-                output.write(stream, &message[skipped..]).await;
-            }
-        }
     }
 
     /// Returns the image's own environment as a map, for values the spec appends to.
@@ -404,6 +382,13 @@ impl ContainerEngine for DockerEngine {
             self.remove(&id).await?;
             return Ok(stopped_before_start(id, &spec.name));
         }
+        let attached = match self.attach(&id).await {
+            Ok(attached) => attached,
+            Err(e) => {
+                let _ = self.remove(&id).await;
+                return Err(e);
+            }
+        };
         // Docker accepts the unique name as well as the id; the name is what the
         // user recognises in an error.
         if let Err(e) = self.start(&spec.name).await {
@@ -416,7 +401,7 @@ impl ContainerEngine for DockerEngine {
 
         let sampler = self.sample_memory(&id);
         let followed = self
-            .follow(&id, spec.stop_grace_period_secs, output, stop)
+            .follow(&id, attached, spec.stop_grace_period_secs, output, stop)
             .await;
         let peak_memory_bytes = sampler.finish().await;
         let (exit_code, stopped) = match followed {
@@ -456,22 +441,6 @@ impl ContainerEngine for DockerEngine {
             self.remove(&exit.container_id).await?;
         }
         Ok(exit)
-    }
-}
-
-/// Numbers of container output bytes written to the sink, per stream.
-#[derive(Debug, Default, Clone, Copy)]
-struct WrittenBytes {
-    stdout: usize,
-    stderr: usize,
-}
-
-impl WrittenBytes {
-    fn of(&mut self, stream: OutputStream) -> &mut usize {
-        match stream {
-            OutputStream::Stdout => &mut self.stdout,
-            OutputStream::Stderr => &mut self.stderr,
-        }
     }
 }
 

@@ -31,11 +31,19 @@ pub struct ContainerRecord {
 }
 
 impl DockerEngine {
-    /// Returns every container, running or not, that carries all of `labels`.
+    /// Returns every container, running or not, that carries all of `labels`, which
+    /// must not be empty.
     pub async fn find_containers(
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerRecord>, Error> {
+        // No label would match every container on the host, which a caller that goes
+        // on to remove the result can never mean.
+        if labels.is_empty() {
+            return Err(Error::InvalidSpec(
+                "find_containers needs at least one label to match".into(),
+            ));
+        }
         let filters: HashMap<String, Vec<String>> = HashMap::from([(
             "label".to_string(),
             labels

@@ -52,7 +52,10 @@ pub(super) async fn run_step<E: ContainerEngine>(
     mut stop: StopSignal,
 ) -> StepOutcome {
     let step = &spec.steps[index];
-    let max_attempts = step.retry.as_ref().map_or(1, |r| r.max_retries + 1);
+    let max_attempts = step
+        .retry
+        .as_ref()
+        .map_or(1, |r| r.max_retries.saturating_add(1));
     let mut attempt = 1;
     loop {
         let container = attempt_container(&step.container, attempt);
