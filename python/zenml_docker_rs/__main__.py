@@ -36,8 +36,11 @@ def collect_garbage(dry_run: bool, include_unknown: bool) -> int:
 
     removable: List[str] = []
     for run_id, run_containers in sorted(by_run.items()):
-        record = RunRecord(run_id)
-        if not record.exists():
+        try:
+            record: Optional[RunRecord] = RunRecord(run_id)
+        except ValueError:
+            record = None
+        if record is None or not record.exists():
             verdict = "no run record here" + (": removing" if include_unknown else ": kept")
             remove = include_unknown
         else:

@@ -35,6 +35,9 @@ def launch_detached(record: RunRecord) -> int:
             close_fds=True,
             env=os.environ.copy(),
         )
+    # Recorded here, before the child has even imported zenml, so that a status query
+    # or stop request in the meantime sees a live coordinator rather than a dead one.
+    record.claim_coordinator(process.pid)
     return process.pid
 
 
@@ -65,6 +68,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     pipeline_run_id = UUID(ids["pipeline_run_id"]) if ids["pipeline_run_id"] else None
     orchestrator_id = UUID(ids["orchestrator_id"]) if ids["orchestrator_id"] else None
     logger.info("Coordinator of run `%s` started (pid %d).", record.run_id, os.getpid())
+    if record.stop_request() is not None:
+        # Stopped before it started: start nothing.
+        logger.info("Run `%s` was stopped before it started.", record.run_id)
+        record.write_result("stopped")
+        if pipeline_run_id is not None:
+            from zenml_docker_rs import reporting
+
+            reporting.record_run_end(pipeline_run_id, {}, stopped_by_request=True)
+        return 0
     try:
         monitor = RunMonitor.start(record.spec(), record, pipeline_run_id, orchestrator_id)
     except Exception as error:  # noqa: BLE001 - the log is the only place it can go

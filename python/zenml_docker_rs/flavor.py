@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 
 FLAVOR_NAME = "docker_rs"
 
+# Upper bound of settings in seconds (one year): far beyond any real step, and well
+# inside the integer types of the core and of Docker's API.
+MAX_SECONDS = 365 * 24 * 3600
+
+# Largest byte size Docker's API takes (a signed 64-bit integer).
+MAX_BYTES = (1 << 63) - 1
+
 # Docker's size suffixes (as in `docker run --shm-size`) are binary: 1k = 1024 bytes.
 _BYTE_UNITS = {
     "": 1,
@@ -62,6 +69,8 @@ def parse_byte_size(value: Union[int, str]) -> int:
         size = int(float(match.group(1)) * _BYTE_UNITS[unit])
     if size <= 0:
         raise ValueError(f"invalid size {value!r}: it must be positive")
+    if size > MAX_BYTES:
+        raise ValueError(f"invalid size {value!r}: it is larger than Docker accepts")
     return size
 
 
@@ -97,6 +106,8 @@ def parse_volume(spec: str) -> Dict[str, Union[str, bool]]:
         raise ValueError(f"invalid volume {spec!r}: the mode must be 'ro' or 'rw', not {mode!r}")
     if not target.startswith("/"):
         raise ValueError(f"invalid volume {spec!r}: the target {target!r} must be an absolute path")
+    if target.rstrip("/") == "":
+        raise ValueError(f"invalid volume {spec!r}: a volume cannot replace the container's root '/'")
     kind = "bind" if source.startswith("/") else "volume"
     return {"kind": kind, "source": source, "target": target, "read_only": mode == "ro"}
 
@@ -187,6 +198,7 @@ class DockerRsOrchestratorSettings(BaseSettings):
     )
     stop_grace_period: NonNegativeInt = Field(
         default=10,
+        le=MAX_SECONDS,
         description="Seconds a step container gets to exit after SIGTERM when the run "
         "is cancelled or fails fast, before it is killed with SIGKILL.",
     )
@@ -206,6 +218,7 @@ class DockerRsOrchestratorSettings(BaseSettings):
     )
     timeout: Optional[PositiveInt] = Field(
         default=None,
+        le=MAX_SECONDS,
         description="Seconds one attempt of a step may run. A step that runs longer "
         "is stopped (SIGTERM, SIGKILL after stop_grace_period), reported as timed "
         "out, and retried if the step's retry configuration allows. Unset means no "
@@ -231,6 +244,17 @@ class DockerRsOrchestratorSettings(BaseSettings):
     def _check_devices(cls, value: List[str]) -> List[str]:
         for device in value:
             parse_device(device)
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _check_environment(cls, value: Dict[str, str]) -> Dict[str, str]:
+        for name in value:
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(
+                    f"invalid environment variable name {name!r}: a name must be "
+                    "non-empty and contain no '=' or NUL character"
+                )
         return value
 
     @field_validator("user")

@@ -48,7 +48,11 @@ class RunFailedError(RuntimeError):
 
 
 class _Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler while a run is followed."""
+    """Raised in the main thread by the SIGTERM and SIGHUP handler while a run is followed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal_name = signal.Signals(signum).name
 
 
 class RunMonitor:
@@ -138,7 +142,11 @@ class RunMonitor:
             try:
                 self._follow(deadline=None)
             except (KeyboardInterrupt, _Terminated) as signal_received:
-                interrupted = "SIGTERM" if isinstance(signal_received, _Terminated) else "Ctrl-C"
+                interrupted = (
+                    signal_received.signal_name
+                    if isinstance(signal_received, _Terminated)
+                    else "Ctrl-C"
+                )
 
         if interrupted:
             self._cancel(interrupted)
@@ -307,16 +315,22 @@ class RunMonitor:
 
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception in the main thread while the block runs."""
+    """Turn SIGTERM and SIGHUP into an exception in the main thread while the block runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def raise_terminated(signum: int, frame: Optional[FrameType]) -> None:
-        raise _Terminated()
+        raise _Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    # SIGHUP (the terminal closed) ends the client like SIGTERM, so it is handled the
+    # same way: the run is cancelled and its containers removed before the exit.
+    previous = {
+        signum: signal.signal(signum, raise_terminated)
+        for signum in (signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,5 +1,6 @@
 """The `docker_rs` orchestrator: turns a ZenML snapshot into a run spec for the Rust core."""
 
+import hashlib
 import os
 import re
 import sys
@@ -528,7 +529,7 @@ def _check_docker_reachable(stack: "Stack") -> Tuple[bool, str]:
 
 
 def container_name(pipeline: str, step: str, run_id: str) -> str:
-    """Return a container name that is valid for Docker and unique per run.
+    """Return a container name that is valid for Docker and unique per run and step.
 
     Args:
         pipeline: Pipeline name.
@@ -536,14 +537,24 @@ def container_name(pipeline: str, step: str, run_id: str) -> str:
         run_id: Orchestrator run id.
 
     Returns:
-        `<pipeline>-<step>-<12 hex digits of the run id>`, with characters Docker
-        rejects replaced by `_` and the names shortened to keep it readable.
+        `<pipeline>-<step>-<12 hex digits of the run id>`. Characters Docker rejects
+        become `_` and long names are shortened; a name changed that way gets 8 hex
+        digits of a hash of the step name, so two steps never share a container name.
     """
     suffix = run_id.replace("-", "")[:12]
-    base = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{pipeline[:60]}-{step[:60]}")
+    readable_step = _docker_name_part(step)
+    if readable_step != step:
+        digest = hashlib.sha256(step.encode()).hexdigest()[:8]
+        readable_step = f"{readable_step}_{digest}"
+    base = f"{_docker_name_part(pipeline)}-{readable_step}"
     if not base[0].isalnum():
         base = "z" + base
     return f"{base}-{suffix}"
+
+
+def _docker_name_part(name: str) -> str:
+    """Return `name` with characters Docker rejects replaced, shortened to 60."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "_", name[:60])
 
 
 def default_user() -> Optional[str]:

@@ -17,11 +17,15 @@ whether someone still coordinates the run and what was asked of it.
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from zenml.config.global_config import GlobalConfiguration
+
+# Run ids are uuids; the pattern keeps any id from naming a path outside the runs folder.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 GRACEFUL = "graceful"
 FORCEFUL = "forceful"
@@ -82,6 +86,11 @@ class RunRecord:
         Args:
             orchestrator_run_id: The run's orchestrator run id.
         """
+        if not _RUN_ID.fullmatch(orchestrator_run_id):
+            raise ValueError(
+                f"invalid run id {orchestrator_run_id!r}: run ids of this orchestrator are "
+                "made of letters, digits and '-'"
+            )
         self.run_id = orchestrator_run_id
         self.path = runs_root() / orchestrator_run_id
 
@@ -136,9 +145,13 @@ class RunRecord:
             raise FileNotFoundError(f"run record {self.path} has no readable spec.json")
         return spec
 
-    def claim_coordinator(self) -> None:
-        """Record this process as the run's coordinator."""
-        pid = os.getpid()
+    def claim_coordinator(self, pid: Optional[int] = None) -> None:
+        """Record a process as the run's coordinator.
+
+        Args:
+            pid: The coordinator's process id; default this process.
+        """
+        pid = os.getpid() if pid is None else pid
         _write_json(
             self.path / "coordinator.json",
             {"pid": pid, "start_ticks": _process_start_ticks(pid), "host": socket.gethostname()},
