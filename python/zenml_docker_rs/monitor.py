@@ -85,6 +85,14 @@ class RunMonitor:
         self._status: Optional[str] = None
         self._stop_mode: Optional[str] = None
         self._next_stop_check = 0.0
+        run_name = record.zenml_ids().get("pipeline_run_name")
+        # How log lines and errors name the run: ZenML's name, which `zenml pipeline
+        # runs` commands take, with this orchestrator's run id for `docker ps` filters.
+        self._run_label = (
+            f"Pipeline run `{run_name}` (docker_rs run id {spec['run_id']})"
+            if run_name
+            else f"Run `{spec['run_id']}`"
+        )
 
     @classmethod
     def start(
@@ -107,8 +115,13 @@ class RunMonitor:
         """
         from zenml_docker_rs import _core
 
+        run_name = record.zenml_ids().get("pipeline_run_name")
         logger.info(
-            "Starting run `%s` with %d step container(s).", spec["run_id"], len(spec["steps"])
+            "Starting %s with %d step container(s) (%s run id `%s`).",
+            f"pipeline run `{run_name}`" if run_name else "the run",
+            len(spec["steps"]),
+            "docker_rs",
+            spec["run_id"],
         )
         record.claim_coordinator()
         handle = _core.start_run(spec)
@@ -152,12 +165,11 @@ class RunMonitor:
             self._cancel(interrupted)
         self._finish(interrupted)
         logger.info(
-            "Run `%s` finished in %.1fs.", self._spec["run_id"], time.monotonic() - started
+            "%s finished in %.1fs.", self._run_label, time.monotonic() - started
         )
 
     def _finish(self, interrupted: Optional[str]) -> None:
         """Record the run's end on disk and in ZenML, and raise if it did not succeed."""
-        run_id = self._spec["run_id"]
         stopped_by_request = self._stop_mode is not None and self._status != "failed"
         if interrupted:
             result = "cancelled"
@@ -172,12 +184,12 @@ class RunMonitor:
         self._record_end(stopped_by_request=result == "stopped")
         if interrupted:
             raise RunCancelledError(
-                f"Run `{run_id}` was cancelled by {interrupted}; its containers were "
+                f"{self._run_label} was cancelled by {interrupted}; its containers were "
                 "stopped and removed."
             )
         if result == "stopped":
             raise RunStoppedError(
-                f"Run `{run_id}` was stopped by a {self._stop_mode} stop request; no "
+                f"{self._run_label} was stopped by a {self._stop_mode} stop request; no "
                 "container of it remains."
             )
         raise RunFailedError(self._failure_summary())
@@ -268,7 +280,7 @@ class RunMonitor:
         elif state == "succeeded":
             logger.info("Step `%s` succeeded.", step)
         elif state in ("failed", "retrying"):
-            logger.error("%s", message)
+            logger.error("%s", _without_output_tail(message or f"step `{step}` {state}"))
         elif state in ("stopped", "skipped"):
             logger.warning("Step `%s` %s: %s", step, state, message)
 
@@ -294,7 +306,7 @@ class RunMonitor:
             for name, report in self._final_steps.items()
             if report["state"] in ("stopped", "skipped")
         ]
-        summary = f"Run `{self._spec['run_id']}` failed.\n" + "\n\n".join(failed)
+        summary = f"{self._run_label} failed.\n" + "\n\n".join(failed)
         if not_run:
             summary += f"\n\nSteps stopped or not run: {', '.join(sorted(not_run))}."
         return summary
@@ -334,3 +346,17 @@ def _sigterm_raises() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _without_output_tail(message: str) -> str:
+    """Return a step failure message without its last output lines.
+
+    The lines were logged live just before, and the run's final error repeats them,
+    so the log line of the failure itself names only the cause (and the retry, if any).
+    """
+    head, found, rest = message.partition(". Last ")
+    if not found:
+        return message
+    retry_at = rest.find("\nRetrying in ")
+    retry = rest[retry_at:] if retry_at >= 0 else ""
+    return f"{head} (its last output lines are above).{retry}"

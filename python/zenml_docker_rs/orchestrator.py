@@ -176,6 +176,7 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
             spec,
             pipeline_run_id=str(pipeline_run_id) if pipeline_run_id else None,
             orchestrator_id=str(self.id),
+            pipeline_run_name=placeholder_run.name if placeholder_run else None,
         )
         if pipeline_run_id:
             _publish_orchestrator_run_id(pipeline_run_id, run_id)

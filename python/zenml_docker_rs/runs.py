@@ -104,6 +104,7 @@ class RunRecord:
         spec: Dict[str, Any],
         pipeline_run_id: Optional[str],
         orchestrator_id: Optional[str],
+        pipeline_run_name: Optional[str] = None,
     ) -> None:
         """Create the record with the run's spec and its ZenML ids.
 
@@ -111,24 +112,31 @@ class RunRecord:
             spec: The run spec.
             pipeline_run_id: ZenML's id of the pipeline run.
             orchestrator_id: The orchestrator component's id.
+            pipeline_run_name: ZenML's name of the pipeline run, for log lines.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         _write_json(self.path / "spec.json", spec)
         _write_json(
             self.path / "run.json",
-            {"pipeline_run_id": pipeline_run_id, "orchestrator_id": orchestrator_id},
+            {
+                "pipeline_run_id": pipeline_run_id,
+                "orchestrator_id": orchestrator_id,
+                "pipeline_run_name": pipeline_run_name,
+            },
         )
 
     def zenml_ids(self) -> Dict[str, Optional[str]]:
         """Read the run's ZenML ids.
 
         Returns:
-            `pipeline_run_id` and `orchestrator_id`, each None when unknown.
+            `pipeline_run_id`, `orchestrator_id` and `pipeline_run_name`, each None
+            when unknown.
         """
         ids = _read_json(self.path / "run.json") or {}
         return {
             "pipeline_run_id": ids.get("pipeline_run_id"),
             "orchestrator_id": ids.get("orchestrator_id"),
+            "pipeline_run_name": ids.get("pipeline_run_name"),
         }
 
     def spec(self) -> Dict[str, Any]:
