@@ -50,7 +50,7 @@ LABEL_ORCHESTRATOR_ID = f"{LABEL_PREFIX}.orchestrator-id"
 # Time allowed, beyond the grace period, for a coordinator to act on a forceful stop.
 STOP_MARGIN_SECONDS = 15
 
-# Where this package is mounted in step containers whose image lacks it.
+# Mount point of this package in step containers whose image lacks it.
 PACKAGE_MOUNT_ROOT = "/opt/zenml-docker-rs"
 
 _EXECUTION_MODES = {
@@ -287,7 +287,7 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
                 self._wait_for_forceful_stop(run_id, record)
             return
 
-        # Nobody coordinates the run any more, so the stop happens here. A graceful
+        # No process coordinates the run any more, so the stop happens here. A graceful
         # stop lets the orphaned steps that still run finish; `gc` removes them later.
         containers = _core.find_containers({LABEL_RUN_ID: run_id})
         targets = [
@@ -512,13 +512,13 @@ def _stop_grace_period(record: RunRecord) -> int:
 
 
 def _check_docker_reachable(stack: "Stack") -> Tuple[bool, str]:
-    """Check, before ZenML builds images, that the Docker daemon answers.
+    """Check, before ZenML builds images, that the Docker daemon responds.
 
     Args:
         stack: The stack being validated.
 
     Returns:
-        `(True, "")` when the daemon answers, else `(False, what to do)`.
+        `(True, "")` when the daemon responds, else `(False, what to do)`.
     """
     from zenml_docker_rs import _core
 
@@ -539,8 +539,8 @@ def container_name(pipeline: str, step: str, run_id: str) -> str:
 
     Returns:
         `<pipeline>-<step>-<12 hex digits of the run id>`. Characters Docker rejects
-        become `_` and long names are shortened; a name changed that way gets 8 hex
-        digits of a hash of the step name, so two steps never share a container name.
+        become `_` and long names are shortened. A step name changed that way gets 8
+        hex digits of its hash, so two steps never share a container name.
     """
     suffix = run_id.replace("-", "")[:12]
     readable_step = _docker_name_part(step)

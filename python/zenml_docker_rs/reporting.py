@@ -1,8 +1,8 @@
 """Recording what happened to a run in ZenML: step metadata, failures and stops.
 
 A step container that is killed (stopped, timed out, out of memory) cannot record its
-own end in ZenML, so the coordinator does: it marks such step runs failed or stopped,
-sets the pipeline run's final status, and adds each step's container details to the
+own end in ZenML, so the coordinator does. It marks such step runs failed or stopped and
+sets the pipeline run's final status. It also adds each step's container details to the
 step's run metadata.
 """
 

@@ -11,8 +11,8 @@ Each run gets a folder `<local stores path>/docker_rs/runs/<orchestrator run id>
 
 The folder sits in ZenML's local stores path, like the rest of the run's local state,
 so the client, a detached coordinator and later `zenml` commands on the same host all
-find it. Docker labels (see `status.py`) say what the containers do; these files say
-whether someone still coordinates the run and what was asked of it.
+find it. Docker labels (see `status.py`) show what the containers do. These files
+show whether a process still coordinates the run and which stop was requested.
 """
 
 import json
@@ -35,7 +35,7 @@ _EXITED_PROCESS_STATES = {"Z", "X", "x"}
 
 
 def runs_root() -> Path:
-    """Return the folder that holds every run record of this ZenML configuration.
+    """Return the folder that contains every run record of this ZenML configuration.
 
     Returns:
         `<local stores path>/docker_rs/runs`.
@@ -222,5 +222,5 @@ class RunRecord:
         return result.get("status") if result else None
 
     def exists(self) -> bool:
-        """Whether the run has a record on this host."""
+        """Return whether the run has a record on this host."""
         return self.path.is_dir()

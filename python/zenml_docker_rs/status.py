@@ -3,8 +3,8 @@
 The coordinator removes a step container once its output and exit status are
 collected, so the containers that remain are the running ones, failed ones kept for
 debugging, and those of a run whose coordinator died. Together with the run record
-(is the coordinator alive, what did it record at the end) that is enough to tell
-ZenML how a run stands, even after the client and the coordinator are gone.
+(is the coordinator alive, what did it record at the end) that is enough to give
+ZenML the run's status, even after the client and the coordinator are gone.
 """
 
 from typing import Any, Dict, Iterable, List, Optional
@@ -27,7 +27,7 @@ _RESULT_STATUSES = {
 
 
 def is_active(container: Dict[str, Any]) -> bool:
-    """Whether a container still runs, or is about to.
+    """Return whether a container still runs, or is about to.
 
     Args:
         container: A container from `_core.find_containers`.
