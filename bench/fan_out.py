@@ -55,7 +55,7 @@ SECTION_END = "<!-- bench/fan_out.py: end -->"
 BENCHMARKS_HEADER = """# Benchmarks
 
 Measured numbers of zenml-docker-rs. Each section is written by the script it
-names; run that script again to replace the section. Benchmarks are not tests:
+names. Run that script again to replace the section. Benchmarks are not tests:
 run them on purpose, on a quiet machine.
 """
 
@@ -476,7 +476,7 @@ def render_section(
         f"The pipeline is `examples/fan_out.py` with {args.width} branches of "
         f"{args.seconds:g} s each: one source step, {args.width} branches, one join "
         f"step, so {steps} step containers per run. docker_rs starts the branches at "
-        "the same time; local_docker runs the steps one after another. The sleep on "
+        "the same time, while local_docker runs the steps one after another. The sleep on "
         f"the critical path is {args.seconds:g} s for docker_rs and "
         f"{args.width * args.seconds:g} s for local_docker.",
         "",
@@ -506,7 +506,7 @@ def render_section(
         f"Ratio of the medians, local_docker / docker_rs: **{ratio:.2f}**.",
         "",
         "Every run, in the order it ran. Warm-up runs build the step image and are "
-        "not part of the medians. The load is the 1-minute load average; other "
+        "not part of the medians. The load is the 1-minute load average. Other "
         "containers are running containers on the same daemon that this benchmark "
         "did not start. Both are sampled before the run and every 2 s during it.",
         "",
