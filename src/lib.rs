@@ -249,7 +249,7 @@ mod python {
         ) -> PyResult<Option<Bound<'py, PyList>>> {
             let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
                 PyValueError::new_err(format!(
-                    "timeout must be a non-negative number of seconds, got {timeout}"
+                    "invalid timeout {timeout}: use a finite number of seconds, 0 or more"
                 ))
             })?;
             let batch = py.detach(|| {
