@@ -314,7 +314,7 @@ impl RunSpec {
             .map(|i| self.steps[i].name.as_str())
             .collect();
         blocked.sort_unstable();
-        // A huge cycle would make a message nobody can read; the first names suffice
+        // A huge cycle would make an unreadable message, and the first names suffice
         // to find it.
         const SHOWN: usize = 20;
         let mut names = blocked[..blocked.len().min(SHOWN)].join(", ");

@@ -1,7 +1,7 @@
 """Typed interface of the native module `zenml_docker_rs._core` (Rust, pyo3).
 
-This is the boundary between the Python shim and the Rust core. The core knows
-nothing about ZenML: it runs a DAG of containers described by a run spec.
+This is the boundary between the Python shim and the Rust core. The core has no
+ZenML concepts: it runs a DAG of containers described by a run spec.
 
 Run spec (a plain dict; unknown keys are rejected):
 
@@ -86,13 +86,13 @@ def validate_spec(spec: Dict[str, Any]) -> None:
     """
 
 def check_docker(docker_host: Optional[str] = None) -> str:
-    """Check that the Docker daemon answers within 5 seconds.
+    """Check that the Docker daemon responds within 5 seconds.
 
     Args:
         docker_host: Daemon address; default `DOCKER_HOST`, else the local socket.
 
     Returns:
-        The address that answered.
+        The address that responded.
 
     Raises:
         DockerUnavailableError: If the daemon cannot be reached.

@@ -36,7 +36,7 @@ def launch_detached(record: RunRecord) -> int:
             env=os.environ.copy(),
         )
     # Recorded here, before the child has even imported zenml, so that a status query
-    # or stop request in the meantime sees a live coordinator rather than a dead one.
+    # or stop request in the meantime finds a live coordinator rather than a dead one.
     record.claim_coordinator(process.pid)
     return process.pid
 

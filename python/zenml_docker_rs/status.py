@@ -134,6 +134,6 @@ def orphaned_step_status(
     if container_state is not None:
         return container_state if container_state != current else None
     if coordinator_alive is False:
-        # No container and nobody to start one: the step will never finish.
+        # No container and no coordinator to start one: the step will never finish.
         return ExecutionStatus.FAILED
     return None

@@ -28,12 +28,12 @@ use crate::spec::{ContainerSpec, MountKind};
 pub type AttachedOutput =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 
-/// Time allowed to connect to the daemon and get an answer before giving up.
+/// Time allowed to connect to the daemon and get its response before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the attached output stream may stay open after the container exited. Docker
-/// closes it once the container's stdout and stderr are drained; this limit only guards
-/// against a stream that stays open, as a child process holding them would make it.
+/// closes it once the container's stdout and stderr are drained. This limit only guards
+/// against a daemon that keeps the stream open.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon address used when neither the caller nor `DOCKER_HOST` names one; the
@@ -49,7 +49,7 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     /// Connects to the daemon at `host`, else at `DOCKER_HOST`, else at the default
-    /// socket, agrees on an API version with it and checks that it answers.
+    /// socket, agrees on an API version with it and checks that it responds.
     ///
     /// # Errors
     ///

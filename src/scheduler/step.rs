@@ -106,7 +106,7 @@ pub(super) async fn run_step<E: ContainerEngine>(
     }
 }
 
-/// Runs one attempt's container, stopping it when the run asks or the timeout passes.
+/// Runs one attempt's container, stopping it on the run's request or at the timeout.
 /// Returns the engine's result and whether the attempt timed out.
 async fn run_attempt<E: ContainerEngine>(
     engine: &E,
