@@ -1077,7 +1077,11 @@ async fn output_keeps_every_line_of_large_output() {
         .collect();
     assert_eq!(lines.len(), 400_001, "lines were lost or duplicated");
     for (index, line) in lines[..400_000].iter().enumerate() {
-        assert_eq!(line, &(index + 1).to_string(), "line {index} is out of order");
+        assert_eq!(
+            line,
+            &(index + 1).to_string(),
+            "line {index} is out of order"
+        );
     }
     assert_eq!(lines[400_000], "DONE");
     test.assert_no_leftovers().await;

@@ -56,7 +56,7 @@ def step_statuses(containers: Iterable[Dict[str, Any]]) -> Dict[str, ExecutionSt
     """Return each step's status from its latest container.
 
     A step that was retried has one container per attempt left at most; the one that
-    started last tells the step's state.
+    started last gives the step's state.
 
     Args:
         containers: The run's containers.
