@@ -118,36 +118,34 @@ mod python {
         .map_err(to_py_err)
     }
 
+    /// Returns the distinct values of `values`, sorted, so each is checked once.
+    fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut values: Vec<&str> = values.collect();
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+
     /// Connects to Docker, makes sure every image of `spec` is present (pulling missing
     /// ones) and every network exists, so that these errors come before any container
     /// starts.
     async fn prepare(spec: &RunSpec, docker_host: Option<&str>) -> Result<DockerEngine, Error> {
         let engine = DockerEngine::connect(docker_host).await?;
-        let mut images: Vec<&str> = spec
-            .steps
-            .iter()
-            .map(|s| s.container.image.as_str())
-            .collect();
-        images.sort_unstable();
-        images.dedup();
-        for image in images {
+        for image in distinct(spec.steps.iter().map(|s| s.container.image.as_str())) {
             engine.ensure_image(image).await?;
         }
-        let mut networks: Vec<&str> = spec
+        let networks = spec
             .steps
             .iter()
-            .filter_map(|s| s.container.network.as_deref())
-            .collect();
-        networks.sort_unstable();
-        networks.dedup();
-        for network in networks {
+            .filter_map(|s| s.container.network.as_deref());
+        for network in distinct(networks) {
             engine.ensure_network(network).await?;
         }
         Ok(engine)
     }
 
-    /// Validates `spec`, connects to Docker and makes sure every image is present,
-    /// without starting anything.
+    /// Validates `spec`, connects to Docker and makes sure every image and network is
+    /// present, without starting anything.
     #[pyfunction]
     #[pyo3(signature = (spec, docker_host=None))]
     fn preflight(
@@ -161,8 +159,8 @@ mod python {
             .map_err(to_py_err)
     }
 
-    /// Validates `spec`, connects to Docker, makes sure every image is present and
-    /// starts the run. Returns a `RunHandle` to follow it.
+    /// Validates `spec`, connects to Docker, makes sure every image and network is
+    /// present, and starts the run. Returns a `RunHandle` to follow it.
     #[pyfunction]
     #[pyo3(signature = (spec, docker_host=None))]
     fn start_run(

@@ -1052,7 +1052,7 @@ async fn stop_and_remove_clears_running_container() {
     )
     .await
     .expect("stop_and_remove failed");
-    // The supervising run_container call sees its container vanish and must end.
+    // The supervising run_container call loses its container and must still end.
     let _ = running.finish().await;
 
     assert_eq!(removed, vec![id.clone()]);

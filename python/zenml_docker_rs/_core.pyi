@@ -54,8 +54,8 @@ Events (dicts, in order per step; "run_finished" is always last):
         is in bytes, sampled while the container ran
     {"kind": "run_finished", "status", "steps"}
         status is "succeeded", "failed", "cancelled" (after cancel) or "stopped" (after
-        drain, with no failed step); steps maps each step name to its final report
-        (the fields of a "step" event without "kind" and "step")
+        drain, with no failed step). steps maps each step name to its final report,
+        which has the fields of a "step" event without "kind" and "step"
 """
 
 from typing import Any, Dict, List, Optional

@@ -95,12 +95,12 @@ impl DockerEngine {
         }
     }
 
-    /// The address of the daemon this engine talks to.
+    /// Returns the address of the daemon this engine connects to.
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// The underlying bollard client, for callers that need more of the API.
+    /// Returns the underlying bollard client, for callers that need more of the API.
     pub fn client(&self) -> &Docker {
         &self.docker
     }

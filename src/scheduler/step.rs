@@ -1,10 +1,10 @@
 //! Running one step: its attempts, the delay between them and its timeout.
 //!
-//! A step runs as one container per attempt. An attempt that fails (non-zero exit, out
-//! of memory, timeout, or a container that cannot start) is followed by another one,
-//! after the retry delay, while the step's retry policy allows and the run has not asked
-//! the step to stop. Each attempt gets a container of its own, named after the step's
-//! container with `-retry<N>` appended, so a kept failed container never blocks the name.
+//! A step runs as one container per attempt. An attempt fails by a non-zero exit, out
+//! of memory, a timeout, or a container that cannot start. Another attempt follows after
+//! the retry delay while the step's retry policy allows it and the run has not requested
+//! a stop. Each attempt gets a container of its own, named after the step's container
+//! with `-retry<N>` appended, so a kept failed container never blocks the name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::events::{Event, StepReport, StepState};
 use crate::logs::OutputSink;
 use crate::spec::{ContainerSpec, RunSpec, StepSpec};
 
-/// How a step ended after its last attempt.
+/// Outcome of a step after its last attempt.
 #[derive(Debug)]
 pub(super) struct StepOutcome {
     pub index: usize,
