@@ -1,96 +1,74 @@
-"""Time the fan-out example on `docker_rs` against ZenML's built-in `local_docker`.
+"""Time fan-out pipelines of several widths on `docker_rs` against ZenML's `local_docker`.
 
-The script registers two stacks in a throwaway ZenML configuration. Both stacks use
-the local image builder and the default artifact store, and they differ only in the
-orchestrator. It runs `examples/fan_out.py` (one source step, WIDTH branches that each
-sleep SECONDS, one join step) once on each stack as an untimed warm-up that builds
-the step image, then alternates docker_rs, local_docker, docker_rs, ... REPEATS times
-each. Each timed value is the wall time of one pipeline call (time.perf_counter),
-and every run must complete with the join value that examples/fan_out.py expects.
+The script registers two stacks in a throwaway ZenML configuration that differ only
+in the orchestrator (see common.ZenmlStacks). For each width W it runs
+`examples/fan_out.py` (one source step, W branches that each sleep SECONDS, one
+join step) once on each stack as an untimed warm-up that builds the step image,
+then alternates docker_rs, local_docker, docker_rs, ... REPEATS times each. Each
+timed value is the wall time of one pipeline call (time.perf_counter), and every
+run must complete with the join value that examples/fan_out.py expects.
 
-The medians, their ratio (local_docker / docker_rs), every individual time and a
-description of the machine replace this script's section of BENCHMARKS.md.
+It replaces the `fan_out` section of BENCHMARKS.md with the medians, their ratio
+(docker_rs / local_docker) against the targets, and every individual time with
+the load around it. It saves the numbers to bench/results/fan_out.json and plots
+the median wall time against the width to bench/results/fan_out.png.
 
-At the end, even after a failure, the script removes the throwaway configuration,
-the containers it started and the images it built. It finds them by a label and
-by image repositories that carry a random id of this run. It touches no other
-Docker object.
-
-Run it when the machine is quiet: other containers on the same daemon change the
-numbers, so the section records the load average and the other running containers
-before every timed run.
+At the end, even after a failure, it removes the throwaway configuration and the
+containers and images of this run, found by a label and by image repositories
+that carry a random id of the run. Run it when the machine is quiet: other
+containers on the same daemon change the numbers.
 """
 
 import argparse
-import datetime
 import logging
 import os
-import platform
-import shlex
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES_DIR = REPO_ROOT / "examples"
-DEFAULT_OUTPUT = REPO_ROOT / "BENCHMARKS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import ORCHESTRATORS, ZenmlStacks  # noqa: E402
 
-ORCHESTRATORS = ("docker_rs", "local_docker")
-# Every image and local_docker container of one benchmark run carries this label,
-# with the run's random id as value.
-BENCH_LABEL = "io.zenml.docker-rs.bench"
-# The docker_rs orchestrator labels each step container with its component id.
-ORCHESTRATOR_ID_LABEL = "io.zenml.orchestrator-id"
+EXAMPLES_DIR = common.REPO_ROOT / "examples"
+PLOT_PATH = common.RESULTS_DIR / "fan_out.png"
+# The ratio docker_rs / local_docker that each width should stay at or below.
+TARGET_RATIOS = {4: 0.5, 8: 0.4}
 
-SECTION_START = "<!-- bench/fan_out.py: start -->"
-SECTION_END = "<!-- bench/fan_out.py: end -->"
-BENCHMARKS_HEADER = """# Benchmarks
-
-Measured numbers of zenml-docker-rs. Each section is written by the script it
-names. Run that script again to replace the section. Benchmarks are not tests:
-run them on purpose, on a quiet machine.
-"""
-
-logger = logging.getLogger("bench.fan_out")
+logger = common.setup_logger("fan_out")
 
 
 def parse_args() -> argparse.Namespace:
-    """Parse the command line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--width", type=int, default=4, help="number of parallel branches (default: 4)"
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8],
+        help="numbers of parallel branches to measure (default: 2 4 8)",
     )
     parser.add_argument(
         "--seconds",
         type=float,
-        default=3.0,
-        help="seconds each branch sleeps to stand in for work (default: 3)",
+        default=2.0,
+        help="seconds each branch sleeps to stand in for work (default: 2)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
         default=3,
-        help="timed runs per orchestrator, after one untimed warm-up each (default: 3)",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=DEFAULT_OUTPUT,
-        help=f"Markdown file whose fan-out section is replaced (default: {DEFAULT_OUTPUT})",
+        help="timed runs per orchestrator and width, after one warm-up each (default: 3)",
     )
     args = parser.parse_args()
-    if args.width < 1:
-        parser.error(f"--width must be at least 1, not {args.width}")
+    if any(width < 1 for width in args.widths):
+        parser.error(f"every width must be at least 1, not {args.widths}")
     if args.seconds < 0:
         parser.error(f"--seconds must not be negative, not {args.seconds}")
     if args.repeats < 1:
@@ -98,68 +76,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def docker(*args: str) -> str:
-    """Run the Docker CLI and return its standard output.
-
-    The script uses the CLI only to describe the machine and to clean up. The
-    orchestrators under test talk to the Docker Engine API themselves.
-    """
-    result = subprocess.run(["docker", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"`docker {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
-        )
-    return result.stdout.strip()
-
-
-@dataclass
-class Machine:
-    """The machine and software the numbers were measured on."""
-
-    cpus: int
-    memory_gib: float
-    kernel: str
-    docker_version: str
-    storage_driver: str
-    zenml_version: str
-    python_version: str
-    commit: str
-
-    @classmethod
-    def describe(cls) -> "Machine":
-        """Collect the description from the OS, the Docker daemon and git."""
-        import zenml
-
-        with open("/proc/meminfo") as meminfo:
-            total_kib = next(
-                int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")
-            )
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return cls(
-            cpus=os.cpu_count() or 0,
-            memory_gib=total_kib / (1 << 20),
-            kernel=platform.release(),
-            docker_version=docker("version", "--format", "{{.Server.Version}}"),
-            storage_driver=docker("info", "--format", "{{.Driver}}"),
-            zenml_version=zenml.__version__,
-            python_version=platform.python_version(),
-            commit=(commit or "unknown") + (" with uncommitted changes" if dirty else ""),
-        )
-
-
 @dataclass
 class Run:
     """One pipeline call and how busy the machine was around it."""
 
+    width: int
     orchestrator: str
     seconds: float
     timed: bool
@@ -218,306 +139,201 @@ class Results:
     """Everything the report needs."""
 
     runs: List[Run] = field(default_factory=list)
+    # Step image reference and id, by width and orchestrator.
     images: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     leftover_containers: Dict[str, int] = field(default_factory=dict)
     load_start: float = 0.0
     load_end: float = 0.0
 
-    def timed_seconds(self, orchestrator: str) -> List[float]:
-        return [r.seconds for r in self.runs if r.timed and r.orchestrator == orchestrator]
+    def timed_seconds(self, width: int, orchestrator: str) -> List[float]:
+        return [
+            r.seconds
+            for r in self.runs
+            if r.timed and r.width == width and r.orchestrator == orchestrator
+        ]
+
+    def median(self, width: int, orchestrator: str) -> float:
+        return statistics.median(self.timed_seconds(width, orchestrator))
+
+    def ratio(self, width: int) -> float:
+        return self.median(width, "docker_rs") / self.median(width, "local_docker")
 
 
-class Benchmark:
-    """Two stacks in a throwaway ZenML configuration and the runs on them.
+def load_example():
+    """Import examples/fan_out.py as the top-level module `fan_out`.
 
-    Create it only after ZENML_CONFIG_PATH points at the throwaway configuration,
-    because ZenML reads that variable when it is first imported.
+    It gets its own directory as source root, exactly as `python
+    examples/fan_out.py` does, so the step containers import the step code the same
+    way. This script has the same file name, so the examples directory must come
+    first on sys.path.
     """
+    from zenml.utils import source_utils
 
-    def __init__(self, run_id: str, width: int, seconds: float):
-        self.run_id = run_id
-        self.width = width
-        self.seconds = seconds
-        self.label = f"{BENCH_LABEL}={run_id}"
-        self.docker_rs_id: Optional[str] = None
+    sys.path.insert(0, str(EXAMPLES_DIR))
+    source_utils.set_custom_source_root(str(EXAMPLES_DIR))
+    sys.modules.pop("fan_out", None)
+    import fan_out as example
 
-    def repository(self, orchestrator: str) -> str:
-        """Return the image repository of one stack, unique to this benchmark run."""
-        return f"zenml-docker-rs-bench-{self.run_id}-{orchestrator.replace('_', '-')}"
+    if Path(example.__file__).resolve() != EXAMPLES_DIR / "fan_out.py":
+        raise RuntimeError(f"imported {example.__file__} instead of the example")
+    return example
 
-    def register_stacks(self) -> None:
-        """Register the docker_rs flavor, both orchestrators and both stacks."""
-        from zenml.client import Client
-        from zenml.enums import StackComponentType
 
-        client = Client()
-        client.create_flavor(
-            source="zenml_docker_rs.DockerRsOrchestratorFlavor",
-            component_type=StackComponentType.ORCHESTRATOR,
+def run_once(
+    stacks: ZenmlStacks, pipeline, expected_total: int, width: int, orchestrator: str, timed: bool
+) -> Tuple[Run, object]:
+    """Run the pipeline on the orchestrator's stack, time it and check the result."""
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    stacks.activate(orchestrator)
+    with BusySampler(stacks.is_own) as busy:
+        start = time.perf_counter()
+        response = pipeline()
+        elapsed = time.perf_counter() - start
+
+    if response is None:
+        raise RuntimeError(f"the pipeline call on {orchestrator} returned no run")
+    run = Client().get_pipeline_run(response.id)
+    if run.status != ExecutionStatus.COMPLETED:
+        raise RuntimeError(
+            f"run {run.id} on {orchestrator} ended as {run.status.value}, not completed"
         )
-        client.create_stack_component(
-            name="bench_image_builder",
-            flavor="local",
-            component_type=StackComponentType.IMAGE_BUILDER,
-            configuration={},
+    total = run.steps["join"].output.load()
+    if total != expected_total:
+        raise RuntimeError(
+            f"run {run.id} on {orchestrator}: join returned {total}, expected {expected_total}"
         )
-        for orchestrator in ORCHESTRATORS:
-            component = client.create_stack_component(
-                name=f"bench_{orchestrator}",
-                flavor=orchestrator,
-                component_type=StackComponentType.ORCHESTRATOR,
-                configuration={},
-            )
-            if orchestrator == "docker_rs":
-                self.docker_rs_id = str(component.id)
-            client.create_stack(
-                name=f"bench_{orchestrator}",
-                components={
-                    StackComponentType.ORCHESTRATOR: f"bench_{orchestrator}",
-                    StackComponentType.ARTIFACT_STORE: "default",
-                    StackComponentType.IMAGE_BUILDER: "bench_image_builder",
-                },
-            )
-
-    def make_pipelines(self):
-        """Return the fan-out pipeline configured for each orchestrator, by name."""
-        from zenml.config import DockerSettings
-        from zenml.config.docker_settings import DockerBuildConfig
-        from zenml.utils import source_utils
-
-        # Load examples/fan_out.py as the top-level module `fan_out` with its own
-        # directory as source root, exactly as `python examples/fan_out.py` does, so
-        # the step containers import the step code the same way. This script has
-        # the same file name, so the examples directory must come first on sys.path.
-        sys.path.insert(0, str(EXAMPLES_DIR))
-        source_utils.set_custom_source_root(str(EXAMPLES_DIR))
-        import fan_out as example
-
-        if Path(example.__file__).resolve() != EXAMPLES_DIR / "fan_out.py":
-            raise RuntimeError(f"imported {example.__file__} instead of the example")
-        self.expected_total = example.expected_total(self.width)
-        base = example.build_fan_out(self.width, self.seconds)
-
-        pipelines = {}
-        for orchestrator in ORCHESTRATORS:
-            docker_settings = DockerSettings(
-                target_repository=self.repository(orchestrator),
-                build_config=DockerBuildConfig(
-                    # ZenML keeps intermediate build containers unless rm is set.
-                    build_options={
-                        "rm": True,
-                        "forcerm": True,
-                        "labels": {BENCH_LABEL: self.run_id},
-                    }
-                ),
-            )
-            settings = {"docker": docker_settings}
-            if orchestrator == "local_docker":
-                # local_docker does not remove its step containers, so the label lets
-                # the cleanup find them. docker_rs labels its containers itself.
-                settings["orchestrator.local_docker"] = {
-                    "run_args": {"labels": {BENCH_LABEL: self.run_id}}
-                }
-            pipelines[orchestrator] = base.with_options(settings=settings)
-        return pipelines
-
-    def is_own(self, labels: Dict[str, str]) -> bool:
-        """Tell from its labels whether this benchmark run started a container."""
-        return labels.get(BENCH_LABEL) == self.run_id or (
-            self.docker_rs_id is not None
-            and labels.get(ORCHESTRATOR_ID_LABEL) == self.docker_rs_id
-        )
-
-    def run_once(self, pipeline, orchestrator: str, timed: bool) -> Tuple[Run, object]:
-        """Run the pipeline on the orchestrator's stack, time it and check the result."""
-        from zenml.client import Client
-        from zenml.enums import ExecutionStatus
-
-        client = Client()
-        client.activate_stack(f"bench_{orchestrator}")
-
-        with BusySampler(self.is_own) as busy:
-            start = time.perf_counter()
-            response = pipeline()
-            elapsed = time.perf_counter() - start
-
-        if response is None:
-            raise RuntimeError(f"the pipeline call on {orchestrator} returned no run")
-        run = client.get_pipeline_run(response.id)
-        if run.status != ExecutionStatus.COMPLETED:
-            raise RuntimeError(
-                f"run {run.id} on {orchestrator} ended as {run.status.value}, not completed"
-            )
-        total = run.steps["join"].output.load()
-        if total != self.expected_total:
-            raise RuntimeError(
-                f"run {run.id} on {orchestrator}: join returned {total}, "
-                f"expected {self.expected_total}"
-            )
-        kind = "timed" if timed else "warm-up"
-        logger.info("%s run on %s: %.2f s, join = %s", kind, orchestrator, elapsed, total)
-        measured = Run(
-            orchestrator=orchestrator,
-            seconds=elapsed,
-            timed=timed,
-            load_before=busy.load_before,
-            load_max=busy.load_max,
-            others_before=busy.others_before,
-            others_max=busy.others_max,
-        )
-        return measured, run
-
-    def cleanup(self) -> Dict[str, int]:
-        """Remove every container and image of this benchmark run.
-
-        A failed removal is logged and the cleanup goes on, so one error does not
-        leave the rest behind.
-
-        Returns:
-            The number of containers found after the runs, by orchestrator.
-        """
-        leftovers = {}
-        selectors = {"local_docker": self.label}
-        if self.docker_rs_id:
-            selectors["docker_rs"] = f"{ORCHESTRATOR_ID_LABEL}={self.docker_rs_id}"
-        for orchestrator, label in selectors.items():
-            try:
-                ids = docker("ps", "-aq", "--filter", f"label={label}").split()
-                leftovers[orchestrator] = len(ids)
-                if ids:
-                    docker("rm", "-f", "-v", *ids)
-            except RuntimeError as error:
-                logger.error("failed to remove the %s containers of this run: %s", orchestrator, error)
-
-        # Remove by reference and without -f, so a layer that another image shares
-        # stays. The label and the repository names are unique to this run.
-        try:
-            references = docker(
-                "images", "--filter", f"label={self.label}", "--format", "{{.Repository}}:{{.Tag}}"
-            ).split()
-            prefix = f"zenml-docker-rs-bench-{self.run_id}-"
-            ours = [ref for ref in references if ref.startswith(prefix)]
-            if ours:
-                docker("rmi", *ours)
-            logger.info("removed images: %s", ", ".join(ours) or "none")
-        except RuntimeError as error:
-            logger.error("failed to remove the images of this run: %s", error)
-        logger.info(
-            "removed containers: %s",
-            ", ".join(f"{o}: {n}" for o, n in leftovers.items()) or "none",
-        )
-        return leftovers
+    kind = "timed" if timed else "warm-up"
+    logger.info("W=%d %s run on %s: %.2f s", width, kind, orchestrator, elapsed)
+    measured = Run(
+        width=width,
+        orchestrator=orchestrator,
+        seconds=elapsed,
+        timed=timed,
+        load_before=busy.load_before,
+        load_max=busy.load_max,
+        others_before=busy.others_before,
+        others_max=busy.others_max,
+    )
+    return measured, run
 
 
-def image_id(reference: str) -> str:
-    """Return the id of a local image."""
-    return docker("image", "inspect", "--format", "{{.Id}}", reference)
+def measure_width(
+    args: argparse.Namespace, stacks: ZenmlStacks, example, width: int, results: Results
+) -> None:
+    """Run the warm-ups and the timed runs of one width into `results`."""
+    base = example.build_fan_out(width, args.seconds)
+    expected_total = example.expected_total(width)
+    pipelines = {o: base.with_options(settings=stacks.settings(o)) for o in ORCHESTRATORS}
 
-
-def measure(args: argparse.Namespace, bench: Benchmark, results: Results) -> None:
-    """Register the stacks, run the warm-ups and the timed runs into `results`."""
-    bench.register_stacks()
-    pipelines = bench.make_pipelines()
-
-    # Warm-up: one run per stack builds that stack's image. ZenML 0.98 reuses a
-    # build on its own only when the stack has a container registry (see
-    # zenml.pipelines.build_utils.find_existing_build). Without one it registers
-    # a new build and runs `docker build` on every pipeline call (the layer cache
-    # then yields the same image id), so the timed runs pass the warm-up's build
-    # explicitly and then check that they used it.
     builds = {}
     for orchestrator in ORCHESTRATORS:
-        warm_up, run = bench.run_once(pipelines[orchestrator], orchestrator, timed=False)
+        warm_up, run = run_once(
+            stacks, pipelines[orchestrator], expected_total, width, orchestrator, timed=False
+        )
         results.runs.append(warm_up)
-        build = run.build
-        if build is None or not build.images:
-            raise RuntimeError(f"the warm-up run on {orchestrator} has no image build")
-        references = {item.image for item in build.images.values()}
-        if len(references) != 1:
-            raise RuntimeError(f"expected one step image on {orchestrator}, got {references}")
-        reference = references.pop()
-        results.images[orchestrator] = (reference, image_id(reference))
-        builds[orchestrator] = build.id
-        pipelines[orchestrator] = pipelines[orchestrator].with_options(build=build.id)
+        pinned, build_id, image = stacks.pin_build(pipelines[orchestrator], run, orchestrator)
+        pipelines[orchestrator] = pinned
+        builds[orchestrator] = build_id
+        results.images[f"{width}/{orchestrator}"] = (build_id, image)
 
     for _ in range(args.repeats):
         for orchestrator in ORCHESTRATORS:
-            timed, run = bench.run_once(pipelines[orchestrator], orchestrator, timed=True)
+            timed, run = run_once(
+                stacks, pipelines[orchestrator], expected_total, width, orchestrator, timed=True
+            )
             results.runs.append(timed)
-            if run.build is None or run.build.id != builds[orchestrator]:
+            if run.build is None or str(run.build.id) != builds[orchestrator]:
                 raise RuntimeError(
                     f"run {run.id} on {orchestrator} did not use the warm-up build "
                     f"{builds[orchestrator]}"
                 )
 
-    for orchestrator, (reference, warm_up_id) in results.images.items():
-        if image_id(reference) != warm_up_id:
-            raise RuntimeError(f"the image {reference} changed after the warm-up run")
 
+def plot(args: argparse.Namespace, results: Results, path: Path) -> None:
+    """Plot the median wall time against the width for both orchestrators."""
+    import matplotlib
 
-def format_seconds(values: List[float]) -> str:
-    return ", ".join(f"{value:.2f}" for value in values)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted(args.widths)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for orchestrator, marker in zip(ORCHESTRATORS, ("o", "s")):
+        medians = [results.median(w, orchestrator) for w in widths]
+        axes.plot(widths, medians, marker=marker, label=orchestrator)
+        for width in widths:
+            runs = results.timed_seconds(width, orchestrator)
+            axes.scatter([width] * len(runs), runs, s=8, alpha=0.4, color="gray")
+    axes.set_xlabel("fan-out width (parallel branches)")
+    axes.set_ylabel("pipeline wall time (s)")
+    axes.set_xticks(widths)
+    axes.set_ylim(bottom=0)
+    axes.set_title(f"Fan-out pipeline, each branch sleeps {args.seconds:g} s")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def render_section(
-    args: argparse.Namespace, machine: Machine, results: Results, command: str, date: str
+    args: argparse.Namespace, machine: common.Machine, results: Results, command: str, date: str
 ) -> str:
     """Render the Markdown section with the results."""
-    medians = {o: statistics.median(results.timed_seconds(o)) for o in ORCHESTRATORS}
-    ratio = medians["local_docker"] / medians["docker_rs"]
-    steps = args.width + 2
-
+    widths = sorted(args.widths)
     lines = [
-        SECTION_START,
         "## Fan-out pipeline: docker_rs against local_docker",
         "",
         "Written by `bench/fan_out.py`. Run it again to replace this section.",
         "",
-        f"The pipeline is `examples/fan_out.py` with {args.width} branches of "
-        f"{args.seconds:g} s each: one source step, {args.width} branches, one join "
-        f"step, so {steps} step containers per run. docker_rs starts the branches at "
-        "the same time, while local_docker runs the steps one after another. The sleep on "
-        f"the critical path is {args.seconds:g} s for docker_rs and "
-        f"{args.width * args.seconds:g} s for local_docker.",
+        f"The pipeline is `examples/fan_out.py`: one source step, W branches that each "
+        f"sleep {args.seconds:g} s, one join step, so W + 2 step containers per run. "
+        "docker_rs starts the branches at the same time, while local_docker runs the "
+        "steps one after another.",
         "",
-        f"- Date: {date}",
-        f"- Command: `{command}`",
-        f"- Commit: {machine.commit}",
-        f"- Machine: {machine.cpus} CPUs (nproc), {machine.memory_gib:.1f} GiB memory, "
-        f"Linux kernel {machine.kernel}, Docker server {machine.docker_version} "
-        f"(storage driver {machine.storage_driver})",
-        f"- Software: zenml {machine.zenml_version}, Python {machine.python_version}; "
-        "the step images are built from ZenML's default parent image "
-        f"`zenmldocker/zenml:{machine.zenml_version}-py{sys.version_info.major}."
-        f"{sys.version_info.minor}`",
+        *machine.markdown_lines(command, date),
         f"- Load: 1-minute load average {results.load_start:.2f} at the start and "
         f"{results.load_end:.2f} at the end; the table of runs below gives it for each run",
         "",
-        "| orchestrator | median wall time (s) | timed runs (s) |",
-        "|---|---:|---|",
+        "| width | docker_rs median (s) | local_docker median (s) | "
+        "ratio docker_rs / local_docker | target | met |",
+        "|---:|---:|---:|---:|---:|---|",
     ]
-    for orchestrator in ORCHESTRATORS:
+    for width in widths:
+        ratio = results.ratio(width)
+        target = TARGET_RATIOS.get(width)
+        target_text = f"≤ {target:g}" if target else "none"
+        if target is None:
+            met = "n/a"
+        elif ratio <= target:
+            met = "yes"
+        else:
+            met = "**no**"
         lines.append(
-            f"| {orchestrator} | {medians[orchestrator]:.2f} | "
-            f"{format_seconds(results.timed_seconds(orchestrator))} |"
+            f"| {width} | {results.median(width, 'docker_rs'):.2f} | "
+            f"{results.median(width, 'local_docker'):.2f} | {ratio:.2f} | "
+            f"{target_text} | {met} |"
         )
     lines += [
         "",
-        f"Ratio of the medians, local_docker / docker_rs: **{ratio:.2f}**.",
+        f"![Median wall time against fan-out width](bench/results/{PLOT_PATH.name})",
         "",
         "Every run, in the order it ran. Warm-up runs build the step image and are "
         "not part of the medians. The load is the 1-minute load average. Other "
         "containers are running containers on the same daemon that this benchmark "
         "did not start. Both are sampled before the run and every 2 s during it.",
         "",
-        "| # | orchestrator | kind | wall time (s) | load before | load max | "
+        "| # | width | orchestrator | kind | wall time (s) | load before | load max | "
         "other containers before | other containers max |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for number, run in enumerate(results.runs, start=1):
         kind = "timed" if run.timed else "warm-up"
         lines.append(
-            f"| {number} | {run.orchestrator} | {kind} | {run.seconds:.2f} | "
+            f"| {number} | {run.width} | {run.orchestrator} | {kind} | {run.seconds:.2f} | "
             f"{run.load_before:.2f} | {run.load_max:.2f} | "
             f"{run.others_before} | {run.others_max} |"
         )
@@ -534,80 +350,59 @@ def render_section(
         "step containers. Every run is checked to be completed with the expected join "
         "value.",
         "- ZenML 0.98 reuses an image build on its own only when the stack has a "
-        "container registry, and these stacks have none. Without one, every pipeline "
-        "call registers a new build and runs `docker build`, and Docker's layer cache "
-        "turns that into the same image. So the timed runs pass the warm-up run's build "
-        "id (`with_options(build=...)`), and the script checks that every timed run "
-        "used that build and that the image id did not change.",
+        "container registry, and these stacks have none. So the timed runs pass the "
+        "warm-up run's build id (`with_options(build=...)`), and the script checks that "
+        "every timed run used that build.",
         "- local_docker leaves its stopped step containers behind, because it calls "
         "docker-py's `containers.run` without `remove`. docker_rs removes its "
         "containers within the timed run. The script removes the leftovers after all "
-        f"runs, outside the timing. Containers found then: {leftovers}.",
-        SECTION_END,
+        f"runs, outside the timing. Containers found then: {leftovers or 'none'}.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the Markdown file, or add it."""
-    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
-    start = text.find(SECTION_START)
-    end = text.find(SECTION_END)
-    if start != -1 and end != -1 and end > start:
-        end += len(SECTION_END)
-        if text[end : end + 1] == "\n":
-            end += 1
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     args = parse_args()
-    # ZenML's loggers propagate to the root logger, so a root handler would print
-    # every ZenML line twice. This script's logger gets its own handler instead.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-    # ZenML reads ZENML_CONFIG_PATH when it is first imported, so set it before that.
-    config_root = tempfile.mkdtemp(prefix="zenml-docker-rs-bench-")
-    os.environ["ZENML_CONFIG_PATH"] = str(Path(config_root) / "zenml")
-    os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
-    os.environ["ZENML_ENABLE_RICH_TRACEBACK"] = "false"
-    os.environ["ZENML_LOGGING_COLORS_DISABLED"] = "true"
-
-    script = Path(__file__).resolve()
-    try:
-        script = script.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    command = shlex.join(["python", str(script), *sys.argv[1:]])
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
+    command = common.command_line()
+    date = common.utc_now()
     run_id = uuid.uuid4().hex[:12]
-    logger.info("benchmark run %s, ZenML configuration in %s", run_id, config_root)
-    machine = Machine.describe()
+    logger.info("benchmark run %s", run_id)
+    machine = common.Machine.describe()
     results = Results(load_start=os.getloadavg()[0])
-    bench = Benchmark(run_id, args.width, args.seconds)
-    try:
-        measure(args, bench, results)
-        results.load_end = os.getloadavg()[0]
-    finally:
-        try:
-            results.leftover_containers = bench.cleanup()
-        finally:
-            shutil.rmtree(config_root, ignore_errors=True)
 
+    with common.throwaway_zenml_config(logger):
+        stacks = ZenmlStacks(run_id, logger)
+        try:
+            stacks.register()
+            example = load_example()
+            for width in args.widths:
+                measure_width(args, stacks, example, width, results)
+            results.load_end = os.getloadavg()[0]
+        finally:
+            results.leftover_containers = stacks.cleanup()
+
+    plot(args, results, PLOT_PATH)
     section = render_section(args, machine, results, command, date)
-    write_section(args.output, section)
-    logger.info("wrote the results to %s", args.output)
+    common.write_section("fan_out", section)
+    common.save_results(
+        "fan_out",
+        {
+            "date": date,
+            "command": command,
+            "machine": machine,
+            "seconds": args.seconds,
+            "medians": {
+                str(w): {o: results.median(w, o) for o in ORCHESTRATORS} for w in args.widths
+            },
+            "ratios": {str(w): results.ratio(w) for w in args.widths},
+            "runs": results.runs,
+        },
+    )
+    logger.info("wrote the fan_out section of %s and %s", common.BENCHMARKS_MD, PLOT_PATH)
     print(section)
     return 0
 
 
 if __name__ == "__main__":
+    logging.captureWarnings(True)
     sys.exit(main())

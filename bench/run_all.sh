@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the whole benchmark suite and rewrite every section of BENCHMARKS.md.
+#
+# Each script also runs alone (`python bench/<name>.py --help`). This one installs
+# the package with its benchmark dependencies into a virtual environment (.venv
+# unless ZENML_DOCKER_RS_VENV names another), builds the two local images, then
+# runs the benchmarks one after another, so that none disturbs another's numbers.
+# The suite takes about 40 minutes on 2 cores. Run it on a quiet machine: other
+# containers and builds change the numbers.
+#
+# Usage: bash bench/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${ZENML_DOCKER_RS_VENV:-.venv}
+if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet ".[bench]"
+
+PYTHON="$venv/bin/python" bash scripts/build-base-image.sh
+bash scripts/build-test-image.sh
+
+for benchmark in scheduler_scaling launch_throughput log_streaming step_gap fan_out; do
+    echo "=== bench/$benchmark.py"
+    "$venv/bin/python" "bench/$benchmark.py"
+done
+echo "=== done: BENCHMARKS.md and bench/results/ were rewritten"
