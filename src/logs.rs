@@ -59,24 +59,45 @@ impl LineSplitter {
     /// Adds a chunk of output and returns the lines it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
         let mut lines = Vec::new();
-        for &byte in chunk {
-            let after_carriage_return = std::mem::replace(&mut self.after_carriage_return, false);
-            match byte {
-                b'\n' if after_carriage_return => {}
-                b'\n' => lines.push(self.take_line()),
-                b'\r' => {
-                    lines.push(self.take_line());
-                    self.after_carriage_return = true;
-                }
-                _ => {
-                    self.buffer.push(byte);
-                    if self.buffer.len() >= self.max_line_bytes {
-                        lines.push(self.take_piece());
-                    }
+        let mut rest = chunk;
+        if self.after_carriage_return {
+            self.after_carriage_return = false;
+            if let Some(after_newline) = rest.strip_prefix(b"\n") {
+                rest = after_newline;
+            }
+        }
+        while !rest.is_empty() {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.append(rest, &mut lines);
+                break;
+            };
+            self.append(&rest[..end], &mut lines);
+            lines.push(self.take_line());
+            let terminator = rest[end];
+            rest = &rest[end + 1..];
+            if terminator == b'\r' {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_carriage_return = true,
                 }
             }
         }
         lines
+    }
+
+    /// Appends line content without terminators, sending a piece each time the buffer
+    /// fills up.
+    fn append(&mut self, mut content: &[u8], lines: &mut Vec<Line>) {
+        while !content.is_empty() {
+            let room = self.max_line_bytes - self.buffer.len();
+            let taken = room.min(content.len());
+            self.buffer.extend_from_slice(&content[..taken]);
+            content = &content[taken..];
+            if self.buffer.len() >= self.max_line_bytes {
+                lines.push(self.take_piece());
+            }
+        }
     }
 
     /// Returns the unterminated last line, if any: called once the stream has ended.
@@ -89,10 +110,13 @@ impl LineSplitter {
         }
     }
 
+    /// Returns the buffer as a finished line and empties it. The buffer keeps its
+    /// capacity, so the next line is read without growing it again.
     fn take_line(&mut self) -> Line {
-        let bytes = std::mem::take(&mut self.buffer);
+        let text = String::from_utf8_lossy(&self.buffer).into_owned();
+        self.buffer.clear();
         Line {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
+            text,
             continued: false,
         }
     }
@@ -325,6 +349,51 @@ mod tests {
         }
         total += s.finish().map_or(0, |l| l.text.len());
         assert_eq!(total, 409_600);
+    }
+
+    /// Splits `input` one byte at a time, by the rules of the module documentation.
+    fn split_bytewise(input: &[u8], max_line_bytes: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut lines = Vec::new();
+        let mut line = Vec::new();
+        let mut after_carriage_return = false;
+        for &byte in input {
+            let after = std::mem::replace(&mut after_carriage_return, false);
+            match byte {
+                b'\n' if after => {}
+                b'\n' => lines.push((std::mem::take(&mut line), false)),
+                b'\r' => {
+                    lines.push((std::mem::take(&mut line), false));
+                    after_carriage_return = true;
+                }
+                _ => {
+                    line.push(byte);
+                    if line.len() == max_line_bytes {
+                        lines.push((std::mem::take(&mut line), true));
+                    }
+                }
+            }
+        }
+        if !line.is_empty() {
+            lines.push((line, false));
+        }
+        lines
+    }
+
+    #[test]
+    fn splitter_matches_bytewise_split_at_every_chunk_boundary() {
+        let input = b"ab\r\ncd\r\r\n\nefghijklmnop\rq\n\r\r\nrstuvwxyz0123456789\r";
+        let expected = split_bytewise(input, 8);
+        for cut in 0..=input.len() {
+            let mut s = LineSplitter::with_max_line_bytes(8);
+            let mut lines = s.push(&input[..cut]);
+            lines.extend(s.push(&input[cut..]));
+            lines.extend(s.finish());
+            let lines: Vec<(Vec<u8>, bool)> = lines
+                .into_iter()
+                .map(|l| (l.text.into_bytes(), l.continued))
+                .collect();
+            assert_eq!(lines, expected, "chunks cut at byte {cut}");
+        }
     }
 
     #[test]
