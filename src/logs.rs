@@ -227,29 +227,35 @@ impl OutputSink {
     /// not at all when it is only the frame of a drawn box (as rich tracebacks print),
     /// so the tail's lines carry text.
     fn remember(&mut self, text: &str) {
-        let plain = strip_ansi_escapes(text);
-        if is_frame_only(&plain) {
+        // Only the start of a line is kept, so only the start is stripped: a step
+        // that prints long lines pays for 500 characters per line, not for all.
+        let (plain, cut) = strip_ansi_escapes(text, TAIL_LINE_CHARS);
+        if is_frame_only(&plain) && (!cut || is_frame_only(&strip_ansi_escapes(text, usize::MAX).0))
+        {
             return;
         }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        let shortened = match plain.char_indices().nth(TAIL_LINE_CHARS) {
-            Some((cut, _)) => format!("{}...", &plain[..cut]),
-            None => plain,
-        };
+        let shortened = if cut { format!("{plain}...") } else { plain };
         self.tail.push_back(shortened);
     }
 }
 
 /// Removes terminal escape sequences: CSI sequences such as colours (`ESC [ ... letter`)
-/// and other two-byte escapes.
-fn strip_ansi_escapes(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
+/// and other two-byte escapes. Returns at most `max_chars` characters of the result,
+/// and whether more followed.
+fn strip_ansi_escapes(text: &str, max_chars: usize) -> (String, bool) {
+    let mut plain = String::with_capacity(text.len().min(max_chars));
+    let mut count = 0;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '\u{1b}' {
+            if count == max_chars {
+                return (plain, true);
+            }
             plain.push(c);
+            count += 1;
             continue;
         }
         if chars.next_if_eq(&'[').is_some() {
@@ -263,7 +269,7 @@ fn strip_ansi_escapes(text: &str) -> String {
             chars.next();
         }
     }
-    plain
+    (plain, false)
 }
 
 /// True for a line made only of whitespace and box-drawing characters.
@@ -404,12 +410,22 @@ mod tests {
 
     #[test]
     fn ansi_escapes_are_stripped() {
+        let strip = |text| strip_ansi_escapes(text, usize::MAX).0;
+        assert_eq!(strip("\u{1b}[37mStep\u{1b}[0m done"), "Step done");
+        assert_eq!(strip("\u{1b}[38;5;105mx\u{1b}[0m"), "x");
+        assert_eq!(strip("plain"), "plain");
+    }
+
+    #[test]
+    fn ansi_strip_stops_at_max_chars() {
         assert_eq!(
-            strip_ansi_escapes("\u{1b}[37mStep\u{1b}[0m done"),
-            "Step done"
+            strip_ansi_escapes("\u{1b}[31mabc\u{1b}[0m", 3),
+            ("abc".to_string(), false)
         );
-        assert_eq!(strip_ansi_escapes("\u{1b}[38;5;105mx\u{1b}[0m"), "x");
-        assert_eq!(strip_ansi_escapes("plain"), "plain");
+        assert_eq!(
+            strip_ansi_escapes("\u{1b}[31mabcd\u{1b}[0m", 3),
+            ("abc".to_string(), true)
+        );
     }
 
     #[tokio::test]
@@ -425,6 +441,22 @@ mod tests {
             .await;
         sink.write(OutputStream::Stderr, "   \n".as_bytes()).await;
         assert_eq!(sink.tail(), vec!["ValueError: bad"]);
+    }
+
+    #[tokio::test]
+    async fn tail_shortens_long_lines() {
+        let (tx, _rx) = mpsc::channel(100);
+        let mut sink = OutputSink::new("s", tx);
+        let long = "x".repeat(TAIL_LINE_CHARS + 1);
+        sink.write(OutputStream::Stdout, format!("{long}\n").as_bytes())
+            .await;
+        let frame_then_text = format!("{}text\n", "─".repeat(TAIL_LINE_CHARS));
+        sink.write(OutputStream::Stdout, frame_then_text.as_bytes())
+            .await;
+        let tail = sink.tail();
+        assert_eq!(tail.len(), 2);
+        assert_eq!(tail[0], format!("{}...", "x".repeat(TAIL_LINE_CHARS)));
+        assert_eq!(tail[1], format!("{}...", "─".repeat(TAIL_LINE_CHARS)));
     }
 
     #[tokio::test]
