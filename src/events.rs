@@ -124,9 +124,9 @@ pub enum Event {
 
 /// Consecutive output lines of one step and stream, joined for delivery to Python.
 ///
-/// Handing Python one string per run of lines instead of one object per line keeps the
-/// cost per line low: a step that prints a million short lines would otherwise cost a
-/// million dicts and a million log records on the observer's side.
+/// Python gets one string per run of lines instead of one object per line. A step that
+/// prints a million short lines would otherwise cost a million dicts and a million log
+/// records on the observer's side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputText {
     pub step: String,

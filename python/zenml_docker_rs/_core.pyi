@@ -45,7 +45,7 @@ Events (dicts, in order per step; "run_finished" is always last):
 
     {"kind": "log", "step", "stream": "stdout" | "stderr", "text", "continued"}
         consecutive output lines of one step and stream, without their terminators,
-        joined with "\n"; one event holds about 1 MiB of text at most. The core cuts
+        joined with "\n". One event contains at most 1 MiB and one line (64 KiB) of text. The core cuts
         lines over 64 KiB into pieces and joins the pieces that arrive together;
         "continued" is true when the last line of "text" goes on in the next "log"
         event of this step and stream
