@@ -121,3 +121,154 @@ pub enum Event {
         steps: BTreeMap<String, StepReport>,
     },
 }
+
+/// Consecutive output lines of one step and stream, joined for delivery to Python.
+///
+/// Python gets one string per run of lines instead of one object per line. A step that
+/// prints a million short lines would otherwise cost a million dicts and a million log
+/// records on the observer's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputText {
+    pub step: String,
+    pub stream: OutputStream,
+    /// The lines, joined with `\n`. The pieces of a cut line are joined without one.
+    pub text: String,
+    /// True when the last line goes on in the next output of this step and stream.
+    pub continued: bool,
+}
+
+impl OutputText {
+    fn push(&mut self, line: &str, continued: bool) {
+        if !self.continued {
+            self.text.push('\n');
+        }
+        self.text.push_str(line);
+        self.continued = continued;
+    }
+}
+
+/// An event as delivered to Python: output lines joined into text, other events as
+/// they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivered {
+    Output(OutputText),
+    Other(Event),
+}
+
+/// Joins each run of consecutive [`Event::Log`] events of the same step and stream into
+/// one [`OutputText`], keeping the order of all events.
+pub fn join_output(events: Vec<Event>) -> Vec<Delivered> {
+    let mut delivered = Vec::new();
+    let mut current: Option<OutputText> = None;
+    for event in events {
+        match event {
+            Event::Log {
+                step,
+                stream,
+                line,
+                continued,
+            } => match &mut current {
+                Some(output) if output.step == step && output.stream == stream => {
+                    output.push(&line, continued);
+                }
+                _ => {
+                    delivered.extend(current.take().map(Delivered::Output));
+                    current = Some(OutputText {
+                        step,
+                        stream,
+                        text: line,
+                        continued,
+                    });
+                }
+            },
+            other => {
+                delivered.extend(current.take().map(Delivered::Output));
+                delivered.push(Delivered::Other(other));
+            }
+        }
+    }
+    delivered.extend(current.map(Delivered::Output));
+    delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(step: &str, stream: OutputStream, line: &str, continued: bool) -> Event {
+        Event::Log {
+            step: step.into(),
+            stream,
+            line: line.into(),
+            continued,
+        }
+    }
+
+    fn output(step: &str, stream: OutputStream, text: &str, continued: bool) -> Delivered {
+        Delivered::Output(OutputText {
+            step: step.into(),
+            stream,
+            text: text.into(),
+            continued,
+        })
+    }
+
+    #[test]
+    fn join_output_joins_lines_of_one_step_and_stream() {
+        use OutputStream::{Stderr, Stdout};
+        let events = vec![
+            log("a", Stdout, "one", false),
+            log("a", Stdout, "", false),
+            log("a", Stdout, "two", false),
+            log("a", Stderr, "err", false),
+            log("b", Stderr, "other step", false),
+            log("a", Stdout, "three", false),
+        ];
+        assert_eq!(
+            join_output(events),
+            vec![
+                output("a", Stdout, "one\n\ntwo", false),
+                output("a", Stderr, "err", false),
+                output("b", Stderr, "other step", false),
+                output("a", Stdout, "three", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn join_output_joins_pieces_without_newline() {
+        use OutputStream::Stdout;
+        let events = vec![
+            log("a", Stdout, "short", false),
+            log("a", Stdout, "long ", true),
+            log("a", Stdout, "line", false),
+            log("a", Stdout, "cut at the ", true),
+        ];
+        assert_eq!(
+            join_output(events),
+            vec![output("a", Stdout, "short\nlong line\ncut at the ", true)]
+        );
+    }
+
+    #[test]
+    fn join_output_keeps_other_events_in_order() {
+        use OutputStream::Stdout;
+        let running = Event::Step {
+            step: "a".into(),
+            report: StepReport::new(StepState::Running),
+        };
+        let events = vec![
+            log("a", Stdout, "before", false),
+            running.clone(),
+            log("a", Stdout, "after", false),
+        ];
+        assert_eq!(
+            join_output(events),
+            vec![
+                output("a", Stdout, "before", false),
+                Delivered::Other(running),
+                output("a", Stdout, "after", false),
+            ]
+        );
+    }
+}

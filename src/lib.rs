@@ -21,15 +21,16 @@ mod python {
 
     use pyo3::create_exception;
     use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
+    use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::types::PyList;
+    use pyo3::types::{PyDict, PyList};
     use tokio::runtime::Runtime;
     use tokio::sync::mpsc;
 
     use crate::engine::docker::DockerEngine;
     use crate::engine::{ContainerEngine, StopSignal, StopTrigger};
     use crate::error::Error;
-    use crate::events::Event;
+    use crate::events::{join_output, Delivered, Event, OutputStream, OutputText};
     use crate::scheduler;
     use crate::spec::RunSpec;
 
@@ -63,8 +64,11 @@ mod python {
     /// to take events, which bounds memory whatever the steps print.
     const EVENT_BUFFER: usize = 4096;
 
-    /// Most events handed to Python in one `next_events` call.
-    const EVENT_BATCH: usize = 1024;
+    /// Maximum number of events handed to Python in one `next_events` call.
+    const EVENT_BATCH: usize = 4096;
+
+    /// Output bytes after which a batch is handed over even if more events wait.
+    const EVENT_BATCH_OUTPUT_BYTES: usize = 1 << 20;
 
     fn to_py_err(error: Error) -> PyErr {
         let message = error.to_string();
@@ -258,9 +262,13 @@ mod python {
                 return Ok(None);
             };
             let list = PyList::empty(py);
-            for event in &batch {
-                let object = pythonize::pythonize(py, event)
-                    .map_err(|e| PyRuntimeError::new_err(format!("cannot convert event: {e}")))?;
+            for delivered in join_output(batch) {
+                let object = match delivered {
+                    Delivered::Output(output) => output_dict(py, output)?.into_any(),
+                    Delivered::Other(event) => pythonize::pythonize(py, &event).map_err(|e| {
+                        PyRuntimeError::new_err(format!("cannot convert event: {e}"))
+                    })?,
+                };
                 list.append(object)?;
             }
             Ok(Some(list))
@@ -288,8 +296,33 @@ mod python {
         }
     }
 
+    /// Builds the "log" dict of joined output lines directly, without going through
+    /// serde: it is the event a chatty step sends most.
+    fn output_dict(py: Python<'_>, output: OutputText) -> PyResult<Bound<'_, PyDict>> {
+        let stream = match output.stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        let dict = PyDict::new(py);
+        dict.set_item(intern!(py, "kind"), intern!(py, "log"))?;
+        dict.set_item(intern!(py, "step"), output.step)?;
+        dict.set_item(intern!(py, "stream"), stream)?;
+        dict.set_item(intern!(py, "text"), output.text)?;
+        dict.set_item(intern!(py, "continued"), output.continued)?;
+        Ok(dict)
+    }
+
+    fn output_bytes(event: &Event) -> usize {
+        match event {
+            Event::Log { line, .. } => line.len(),
+            _ => 0,
+        }
+    }
+
     /// Returns the events that arrive within `timeout` (at least one, if any comes),
-    /// or `None` when the channel is closed and empty.
+    /// or `None` when the channel is closed and empty. A batch ends early once its
+    /// output lines reach `EVENT_BATCH_OUTPUT_BYTES`, which bounds the size of the text
+    /// handed to Python in one call.
     async fn receive_batch(
         events: &mut mpsc::Receiver<Event>,
         timeout: Duration,
@@ -299,10 +332,14 @@ mod python {
             Ok(None) => return None,
             Err(_) => return Some(Vec::new()),
         };
+        let mut text_bytes = output_bytes(&first);
         let mut batch = vec![first];
-        while batch.len() < EVENT_BATCH {
+        while batch.len() < EVENT_BATCH && text_bytes < EVENT_BATCH_OUTPUT_BYTES {
             match events.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(event) => {
+                    text_bytes += output_bytes(&event);
+                    batch.push(event);
+                }
                 Err(_) => break,
             }
         }

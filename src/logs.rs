@@ -59,24 +59,45 @@ impl LineSplitter {
     /// Adds a chunk of output and returns the lines it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
         let mut lines = Vec::new();
-        for &byte in chunk {
-            let after_carriage_return = std::mem::replace(&mut self.after_carriage_return, false);
-            match byte {
-                b'\n' if after_carriage_return => {}
-                b'\n' => lines.push(self.take_line()),
-                b'\r' => {
-                    lines.push(self.take_line());
-                    self.after_carriage_return = true;
-                }
-                _ => {
-                    self.buffer.push(byte);
-                    if self.buffer.len() >= self.max_line_bytes {
-                        lines.push(self.take_piece());
-                    }
+        let mut rest = chunk;
+        if self.after_carriage_return {
+            self.after_carriage_return = false;
+            if let Some(after_newline) = rest.strip_prefix(b"\n") {
+                rest = after_newline;
+            }
+        }
+        while !rest.is_empty() {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.append(rest, &mut lines);
+                break;
+            };
+            self.append(&rest[..end], &mut lines);
+            lines.push(self.take_line());
+            let terminator = rest[end];
+            rest = &rest[end + 1..];
+            if terminator == b'\r' {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_carriage_return = true,
                 }
             }
         }
         lines
+    }
+
+    /// Appends line content without terminators, sending a piece each time the buffer
+    /// fills up.
+    fn append(&mut self, mut content: &[u8], lines: &mut Vec<Line>) {
+        while !content.is_empty() {
+            let room = self.max_line_bytes - self.buffer.len();
+            let taken = room.min(content.len());
+            self.buffer.extend_from_slice(&content[..taken]);
+            content = &content[taken..];
+            if self.buffer.len() >= self.max_line_bytes {
+                lines.push(self.take_piece());
+            }
+        }
     }
 
     /// Returns the unterminated last line, if any: called once the stream has ended.
@@ -89,10 +110,13 @@ impl LineSplitter {
         }
     }
 
+    /// Returns the buffer as a finished line and empties it. The buffer keeps its
+    /// capacity, so the next line is read without growing it again.
     fn take_line(&mut self) -> Line {
-        let bytes = std::mem::take(&mut self.buffer);
+        let text = String::from_utf8_lossy(&self.buffer).into_owned();
+        self.buffer.clear();
         Line {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
+            text,
             continued: false,
         }
     }
@@ -203,29 +227,35 @@ impl OutputSink {
     /// not at all when it is only the frame of a drawn box (as rich tracebacks print),
     /// so the tail's lines carry text.
     fn remember(&mut self, text: &str) {
-        let plain = strip_ansi_escapes(text);
-        if is_frame_only(&plain) {
+        // Only the start of a line is kept, so only the start is stripped: a step
+        // that prints long lines pays for 500 characters per line, not for all.
+        let (plain, cut) = strip_ansi_escapes(text, TAIL_LINE_CHARS);
+        if is_frame_only(&plain) && (!cut || is_frame_only(&strip_ansi_escapes(text, usize::MAX).0))
+        {
             return;
         }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        let shortened = match plain.char_indices().nth(TAIL_LINE_CHARS) {
-            Some((cut, _)) => format!("{}...", &plain[..cut]),
-            None => plain,
-        };
+        let shortened = if cut { format!("{plain}...") } else { plain };
         self.tail.push_back(shortened);
     }
 }
 
 /// Removes terminal escape sequences: CSI sequences such as colours (`ESC [ ... letter`)
-/// and other two-byte escapes.
-fn strip_ansi_escapes(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
+/// and other two-byte escapes. Returns at most `max_chars` characters of the result,
+/// and whether more followed.
+fn strip_ansi_escapes(text: &str, max_chars: usize) -> (String, bool) {
+    let mut plain = String::with_capacity(text.len().min(max_chars));
+    let mut count = 0;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '\u{1b}' {
+            if count == max_chars {
+                return (plain, true);
+            }
             plain.push(c);
+            count += 1;
             continue;
         }
         if chars.next_if_eq(&'[').is_some() {
@@ -239,7 +269,7 @@ fn strip_ansi_escapes(text: &str) -> String {
             chars.next();
         }
     }
-    plain
+    (plain, false)
 }
 
 /// True for a line made only of whitespace and box-drawing characters.
@@ -327,6 +357,51 @@ mod tests {
         assert_eq!(total, 409_600);
     }
 
+    /// Splits `input` one byte at a time, by the rules of the module documentation.
+    fn split_bytewise(input: &[u8], max_line_bytes: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut lines = Vec::new();
+        let mut line = Vec::new();
+        let mut after_carriage_return = false;
+        for &byte in input {
+            let after = std::mem::replace(&mut after_carriage_return, false);
+            match byte {
+                b'\n' if after => {}
+                b'\n' => lines.push((std::mem::take(&mut line), false)),
+                b'\r' => {
+                    lines.push((std::mem::take(&mut line), false));
+                    after_carriage_return = true;
+                }
+                _ => {
+                    line.push(byte);
+                    if line.len() == max_line_bytes {
+                        lines.push((std::mem::take(&mut line), true));
+                    }
+                }
+            }
+        }
+        if !line.is_empty() {
+            lines.push((line, false));
+        }
+        lines
+    }
+
+    #[test]
+    fn splitter_matches_bytewise_split_at_every_chunk_boundary() {
+        let input = b"ab\r\ncd\r\r\n\nefghijklmnop\rq\n\r\r\nrstuvwxyz0123456789\r";
+        let expected = split_bytewise(input, 8);
+        for cut in 0..=input.len() {
+            let mut s = LineSplitter::with_max_line_bytes(8);
+            let mut lines = s.push(&input[..cut]);
+            lines.extend(s.push(&input[cut..]));
+            lines.extend(s.finish());
+            let lines: Vec<(Vec<u8>, bool)> = lines
+                .into_iter()
+                .map(|l| (l.text.into_bytes(), l.continued))
+                .collect();
+            assert_eq!(lines, expected, "chunks cut at byte {cut}");
+        }
+    }
+
     #[test]
     fn splitter_replaces_invalid_utf8() {
         let mut s = LineSplitter::default();
@@ -335,12 +410,22 @@ mod tests {
 
     #[test]
     fn ansi_escapes_are_stripped() {
+        let strip = |text| strip_ansi_escapes(text, usize::MAX).0;
+        assert_eq!(strip("\u{1b}[37mStep\u{1b}[0m done"), "Step done");
+        assert_eq!(strip("\u{1b}[38;5;105mx\u{1b}[0m"), "x");
+        assert_eq!(strip("plain"), "plain");
+    }
+
+    #[test]
+    fn ansi_strip_stops_at_max_chars() {
         assert_eq!(
-            strip_ansi_escapes("\u{1b}[37mStep\u{1b}[0m done"),
-            "Step done"
+            strip_ansi_escapes("\u{1b}[31mabc\u{1b}[0m", 3),
+            ("abc".to_string(), false)
         );
-        assert_eq!(strip_ansi_escapes("\u{1b}[38;5;105mx\u{1b}[0m"), "x");
-        assert_eq!(strip_ansi_escapes("plain"), "plain");
+        assert_eq!(
+            strip_ansi_escapes("\u{1b}[31mabcd\u{1b}[0m", 3),
+            ("abc".to_string(), true)
+        );
     }
 
     #[tokio::test]
@@ -356,6 +441,22 @@ mod tests {
             .await;
         sink.write(OutputStream::Stderr, "   \n".as_bytes()).await;
         assert_eq!(sink.tail(), vec!["ValueError: bad"]);
+    }
+
+    #[tokio::test]
+    async fn tail_shortens_long_lines() {
+        let (tx, _rx) = mpsc::channel(100);
+        let mut sink = OutputSink::new("s", tx);
+        let long = "x".repeat(TAIL_LINE_CHARS + 1);
+        sink.write(OutputStream::Stdout, format!("{long}\n").as_bytes())
+            .await;
+        let frame_then_text = format!("{}text\n", "─".repeat(TAIL_LINE_CHARS));
+        sink.write(OutputStream::Stdout, frame_then_text.as_bytes())
+            .await;
+        let tail = sink.tail();
+        assert_eq!(tail.len(), 2);
+        assert_eq!(tail[0], format!("{}...", "x".repeat(TAIL_LINE_CHARS)));
+        assert_eq!(tail[1], format!("{}...", "─".repeat(TAIL_LINE_CHARS)));
     }
 
     #[tokio::test]

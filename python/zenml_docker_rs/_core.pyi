@@ -43,9 +43,12 @@ Run spec (a plain dict; unknown keys are rejected):
 
 Events (dicts, in order per step; "run_finished" is always last):
 
-    {"kind": "log", "step", "stream": "stdout" | "stderr", "line", "continued"}
-        one output line without its terminator; lines over 64 KiB come in pieces,
-        "continued" is true on all but the last piece
+    {"kind": "log", "step", "stream": "stdout" | "stderr", "text", "continued"}
+        consecutive output lines of one step and stream, without their terminators,
+        joined with "\n". One event contains at most 1 MiB and one line (64 KiB) of text. The core cuts
+        lines over 64 KiB into pieces and joins the pieces that arrive together;
+        "continued" is true when the last line of "text" goes on in the next "log"
+        event of this step and stream
     {"kind": "step", "step", "state", "container_id", "exit_code", "oom_killed",
      "timed_out", "attempt", "started_at", "finished_at", "peak_memory_bytes", "message"}
         state is "running", "retrying" (an attempt failed, another follows after the

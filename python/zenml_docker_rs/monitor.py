@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 from uuid import UUID
 
 from zenml.logger import get_logger
@@ -29,6 +29,11 @@ EVENT_WAIT_SECONDS = 0.2
 
 # How often the run record is read for stop requests from other processes.
 STOP_REQUEST_POLL_SECONDS = 1.0
+
+# A line longer than this is logged in parts of about this size, which bounds the
+# memory held for a step that prints without ever ending a line. The core delivers
+# such lines in 64 KiB pieces, and the monitor joins pieces up to this length.
+MAX_JOINED_LINE_CHARS = 4 * 1024 * 1024
 
 # Time allowed, beyond the longest stop grace period, for the core to stop and
 # remove every container after a cancel.
@@ -85,6 +90,8 @@ class RunMonitor:
         self._status: Optional[str] = None
         self._stop_mode: Optional[str] = None
         self._next_stop_check = 0.0
+        # The start of a line whose rest is still to come, by step and stream.
+        self._unfinished_lines: Dict[Tuple[str, str], str] = {}
         run_name = record.zenml_ids().get("pipeline_run_name")
         # How log lines and errors name the run: ZenML's name, which `zenml pipeline
         # runs` commands take, with this orchestrator's run id for `docker ps` filters.
@@ -218,6 +225,7 @@ class RunMonitor:
         while deadline is None or time.monotonic() < deadline:
             events = self._handle.next_events(EVENT_WAIT_SECONDS)
             if events is None:
+                self._log_unfinished_lines()
                 return
             for event in events:
                 self._handle_event(event)
@@ -255,7 +263,7 @@ class RunMonitor:
     def _handle_event(self, event: Dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "log":
-            logger.info("[%s] %s", event["step"], event["line"])
+            self._log_output(event)
         elif kind == "step":
             self._log_step_state(event)
             if event["state"] in ("succeeded", "failed", "stopped"):
@@ -263,6 +271,30 @@ class RunMonitor:
         elif kind == "run_finished":
             self._status = event["status"]
             self._final_steps = event["steps"]
+
+    def _log_output(self, event: Dict[str, Any]) -> None:
+        """Log the output lines of one event as one record, each line with its prefix.
+
+        A line that goes on in the next event is held back until it ends, or until it
+        reaches MAX_JOINED_LINE_CHARS.
+        """
+        key = (event["step"], event["stream"])
+        text = self._unfinished_lines.pop(key, "") + event["text"]
+        if event["continued"]:
+            finished, newline, unfinished = text.rpartition("\n")
+            if len(unfinished) < MAX_JOINED_LINE_CHARS:
+                self._unfinished_lines[key] = unfinished
+                if not newline:
+                    return
+                text = finished
+        _log_lines(event["step"], text)
+
+    def _log_unfinished_lines(self) -> None:
+        """Log lines still held back once the run ended. The core ends every step's
+        output with a finished line, so this only acts if that end never came."""
+        for (step, _), text in self._unfinished_lines.items():
+            _log_lines(step, text)
+        self._unfinished_lines.clear()
 
     def _log_step_state(self, event: Dict[str, Any]) -> None:
         step = event["step"]
@@ -346,6 +378,13 @@ def _sigterm_raises() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _log_lines(step: str, text: str) -> None:
+    """Log the lines of `text` (joined with `\\n`) as one INFO record, each line
+    prefixed with `[step] `, so they read as if each had its own record."""
+    prefix = f"[{step}] "
+    logger.info("%s%s", prefix, text.replace("\n", "\n" + prefix))
 
 
 def _without_output_tail(message: str) -> str:
