@@ -19,7 +19,7 @@
 //!
 //! This module has no Docker types: the engine handles Docker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -92,13 +92,18 @@ pub async fn run<E: ContainerEngine>(
         tokio::select! {
             joined = tasks.join_next_with_id() => {
                 let outcome = match joined {
-                    Some(Ok((_, outcome))) => outcome,
+                    Some(Ok((id, outcome))) => {
+                        task_steps.remove(&id);
+                        outcome
+                    }
                     Some(Err(join_error)) => {
                         let message = format!(
                             "the task supervising the step ended abnormally: {join_error}"
                         );
                         StepOutcome {
-                            index: task_steps[&join_error.id()],
+                            index: task_steps
+                                .remove(&join_error.id())
+                                .expect("every step task is registered when spawned"),
                             result: Err(Error::Internal(message)),
                             tail: Vec::new(),
                             timed_out: false,
@@ -135,10 +140,18 @@ pub async fn run<E: ContainerEngine>(
 }
 
 /// The scheduler's bookkeeping for one run.
+///
+/// Readiness is updated as steps finish, so the scheduler never scans all steps to find
+/// the next ones to start. A run of n steps and e dependencies does O((n + e) log n)
+/// scheduling work, not O(n^2).
 struct RunState<'a> {
     spec: &'a RunSpec,
-    upstream: Vec<Vec<usize>>,
     downstream: Vec<Vec<usize>>,
+    /// For each step, the number of its upstream steps that have not succeeded yet.
+    unfinished_upstream: Vec<usize>,
+    /// Waiting steps whose upstream steps all succeeded, ordered by spec index so that
+    /// ready steps start in spec order.
+    ready: BTreeSet<usize>,
     phases: Vec<Phase>,
     reports: Vec<StepReport>,
     events: mpsc::Sender<Event>,
@@ -151,21 +164,22 @@ struct RunState<'a> {
 impl<'a> RunState<'a> {
     fn new(spec: &'a RunSpec, events: mpsc::Sender<Event>) -> Self {
         let index = spec.index_by_name();
-        let upstream = spec
-            .steps
-            .iter()
-            .map(|step| {
-                step.upstream
-                    .iter()
-                    .map(|name| index[name.as_str()])
-                    .collect()
-            })
-            .collect();
         let downstream = spec.downstream_indices(&index);
+        // Counted from `downstream`, which lists a step once per upstream entry, so a
+        // step that names the same upstream step twice counts it twice and is still
+        // released when that step succeeds.
+        let mut unfinished_upstream = vec![0; spec.steps.len()];
+        for &d in downstream.iter().flatten() {
+            unfinished_upstream[d] += 1;
+        }
+        let ready = (0..spec.steps.len())
+            .filter(|&i| unfinished_upstream[i] == 0)
+            .collect();
         RunState {
             spec,
-            upstream,
             downstream,
+            unfinished_upstream,
+            ready,
             phases: vec![Phase::Waiting; spec.steps.len()],
             reports: vec![StepReport::new(StepState::Skipped); spec.steps.len()],
             events,
@@ -175,18 +189,29 @@ impl<'a> RunState<'a> {
         }
     }
 
-    /// Returns up to `free_slots` waiting steps whose upstream steps all succeeded, in
-    /// spec order.
-    fn ready_steps(&self, free_slots: usize) -> Vec<usize> {
-        (0..self.phases.len())
-            .filter(|&i| self.phases[i] == Phase::Waiting)
-            .filter(|&i| {
-                self.upstream[i]
-                    .iter()
-                    .all(|&u| self.phases[u] == Phase::Finished(StepState::Succeeded))
-            })
-            .take(free_slots)
-            .collect()
+    /// Takes up to `free_slots` waiting steps whose upstream steps all succeeded, in
+    /// spec order. The caller starts them.
+    fn ready_steps(&mut self, free_slots: usize) -> Vec<usize> {
+        let mut steps = Vec::new();
+        while steps.len() < free_slots {
+            let Some(index) = self.ready.pop_first() else {
+                break;
+            };
+            debug_assert_eq!(self.phases[index], Phase::Waiting);
+            steps.push(index);
+        }
+        steps
+    }
+
+    /// Counts step `succeeded` as done for its downstream steps and queues those that
+    /// have no unfinished upstream step left.
+    fn release_downstream(&mut self, succeeded: usize) {
+        for &d in &self.downstream[succeeded] {
+            self.unfinished_upstream[d] -= 1;
+            if self.unfinished_upstream[d] == 0 && self.phases[d] == Phase::Waiting {
+                self.ready.insert(d);
+            }
+        }
     }
 
     /// Records how a step ended and returns true if it failed.
@@ -205,6 +230,9 @@ impl<'a> RunState<'a> {
         let state = report.state;
         self.set(outcome.index, Phase::Finished(state), report)
             .await;
+        if state == StepState::Succeeded {
+            self.release_downstream(outcome.index);
+        }
         failed
     }
 

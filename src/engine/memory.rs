@@ -1,4 +1,9 @@
-//! An in-memory engine for scheduler tests: containers are timers with scripted results.
+//! An in-memory engine for scheduler tests and benchmarks: containers are timers with
+//! scripted results.
+//!
+//! It runs nothing and talks to no Docker daemon, so it is no engine for real runs; the
+//! Python module always uses [`super::docker::DockerEngine`]. It is public only so that
+//! benchmarks, which build as separate crates, can drive the scheduler with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +19,7 @@ use crate::spec::ContainerSpec;
 /// Scripted behaviour of a fake container.
 #[derive(Debug, Clone)]
 pub struct Script {
+    /// Time the container runs. A zero duration finishes without waiting on a timer.
     pub duration: Duration,
     pub exit_code: i64,
     pub oom_killed: bool,
@@ -42,10 +48,12 @@ pub enum Record {
     Stopped(String),
 }
 
-/// Runs fake containers by name; unscripted containers succeed after one second.
+/// Runs fake containers by name; unscripted containers follow the default script, which
+/// succeeds after one second unless [`MemoryEngine::with_default_script`] sets another.
 #[derive(Debug, Default)]
 pub struct MemoryEngine {
     scripts: HashMap<String, Script>,
+    default_script: Script,
     records: Mutex<Vec<Record>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
@@ -60,6 +68,12 @@ impl MemoryEngine {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Sets the script of every container that has no script of its own.
+    pub fn with_default_script(mut self, script: Script) -> Self {
+        self.default_script = script;
+        self
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -87,7 +101,11 @@ impl ContainerEngine for MemoryEngine {
         output: &mut OutputSink,
         mut stop: StopSignal,
     ) -> Result<ContainerExit, Error> {
-        let script = self.scripts.get(&spec.name).cloned().unwrap_or_default();
+        let script = self
+            .scripts
+            .get(&spec.name)
+            .unwrap_or(&self.default_script)
+            .clone();
         if script.start_error {
             return Err(Error::container(
                 "start",
@@ -104,9 +122,15 @@ impl ContainerEngine for MemoryEngine {
                 .write(OutputStream::Stdout, format!("{line}\n").as_bytes())
                 .await;
         }
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(script.duration) => false,
-            _ = stop.fired() => true,
+        // tokio's timer has millisecond resolution, so even a zero sleep could wait for
+        // the next tick. A container that takes no time skips the timer.
+        let stopped = if script.duration.is_zero() {
+            stop.is_set()
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(script.duration) => false,
+                _ = stop.fired() => true,
+            }
         };
         output.finish().await;
 

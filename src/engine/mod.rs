@@ -2,8 +2,8 @@
 //!
 //! The scheduler needs two operations from an engine: make sure an image is there, and
 //! run one container to the end. [`docker::DockerEngine`] does this with the Docker
-//! Engine API; the in-memory engine in the scheduler tests does it without Docker, and a
-//! Swarm engine can implement the same trait later.
+//! Engine API; [`memory::MemoryEngine`] does it without Docker for the scheduler tests
+//! and benchmarks, and a Swarm engine can implement the same trait later.
 //!
 //! # Stopping
 //!
@@ -15,7 +15,8 @@
 
 pub mod docker;
 pub mod inventory;
-#[cfg(test)]
+// Public, not `#[cfg(test)]`, because benchmarks are separate crates that see only the
+// public API. The Python module never uses it.
 pub mod memory;
 
 use std::future::Future;

@@ -535,6 +535,143 @@ async fn drain_with_failure_is_failed() {
     assert_eq!(outcome.status, RunStatus::Failed);
 }
 
+/// Returns the names of the steps in the order the engine started them.
+fn start_order(outcome: &Outcome) -> Vec<String> {
+    outcome
+        .engine
+        .records()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::Started(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn limited_fan_out_keeps_spec_order() {
+    // Spec order differs from name order, so the test checks which of the two decides.
+    let branches: Vec<String> = (0..200).rev().map(|i| format!("branch{i:03}")).collect();
+    let mut steps = vec![step("root", &[])];
+    steps.extend(branches.iter().map(|name| step(name, &["root"])));
+    let branch_names: Vec<&str> = branches.iter().map(String::as_str).collect();
+    steps.push(step("join", &branch_names));
+    let mut limited = spec(steps, ExecutionMode::FailFast);
+    limited.max_parallelism = Some(4);
+    let outcome = execute(limited, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(outcome.engine.max_running(), 4);
+    let mut expected = vec!["root".to_string()];
+    expected.extend(branches.iter().cloned());
+    expected.push("join".into());
+    assert_eq!(start_order(&outcome), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn newly_ready_step_precedes_later_spec_steps() {
+    // With one slot, `child` becomes ready when `parent` ends and goes before the
+    // independent steps listed after it, which were ready all along.
+    let mut one_at_a_time = spec(
+        vec![
+            step("parent", &[]),
+            step("child", &["parent"]),
+            step("independent1", &[]),
+            step("independent2", &[]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    one_at_a_time.max_parallelism = Some(1);
+    let outcome = execute(one_at_a_time, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(
+        start_order(&outcome),
+        ["parent", "child", "independent1", "independent2"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn step_waits_for_its_last_upstream() {
+    let spec = spec(
+        vec![
+            step("fast", &[]),
+            step("slow", &[]),
+            step("join", &["fast", "slow"]),
+        ],
+        ExecutionMode::FailFast,
+    );
+    let engine = MemoryEngine::with_scripts([("fast", lasting(1)), ("slow", lasting(5))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert!(
+        outcome.position(Record::Exited("slow".into()))
+            < outcome.position(Record::Started("join".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_upstream_name_still_releases_step() {
+    let spec = spec(
+        vec![step("a", &[]), step("b", &["a", "a"])],
+        ExecutionMode::FailFast,
+    );
+    let outcome = execute(spec, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert!(outcome.started("b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn continue_on_failure_skips_failed_join() {
+    // `good` succeeds after `bad` failed, which must not make `join` ready.
+    let spec = spec(
+        vec![
+            step("bad", &[]),
+            step("good", &[]),
+            step("join", &["bad", "good"]),
+            step("after_good", &["good"]),
+        ],
+        ExecutionMode::ContinueOnFailure,
+    );
+    let engine = MemoryEngine::with_scripts([("bad", failing_after(1)), ("good", lasting(3))]);
+    let outcome = execute(spec, engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.state("join"), StepState::Skipped);
+    assert!(!outcome.started("join"));
+    assert!(outcome
+        .message("join")
+        .contains("upstream step `bad` failed"));
+    assert_eq!(outcome.state("after_good"), StepState::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_duration_steps_finish_without_timer() {
+    let instant = Script {
+        duration: Duration::ZERO,
+        ..Default::default()
+    };
+    let steps = (0..50).map(|i| format!("s{i}")).collect::<Vec<_>>();
+    let chain: Vec<StepSpec> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match i {
+            0 => step(name, &[]),
+            _ => step(name, &[steps[i - 1].as_str()]),
+        })
+        .collect();
+    let engine = MemoryEngine::default().with_default_script(instant);
+    let started = tokio::time::Instant::now();
+    let outcome = execute(spec(chain, ExecutionMode::FailFast), engine, None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    // The clock is paused and advances only when every task waits on a timer, so a
+    // run that never sleeps ends at the instant it began.
+    assert_eq!(tokio::time::Instant::now(), started);
+}
+
 #[test]
 fn format_bytes_picks_readable_unit() {
     assert_eq!(step::format_bytes(512), "512 B");
