@@ -43,9 +43,9 @@ FORCEFUL_STOP_MARGIN_SECONDS = 15
 # Timeout of the sleepy step, and the time allowed beyond timeout + grace period until
 # its container has exited. The timeout leaves the step entrypoint time to create its
 # step run first. On 2 loaded cores that took from 3.7 to over 5 s after the container
-# started (zenml 0.98.0). A container stopped before then leaves no step run to carry
-# the step's metadata.
-STEP_TIMEOUT_SECONDS = 20
+# started (zenml 0.98.0), and over 20 s at a load average of 20. A container stopped
+# before then leaves no step run to carry the step's metadata.
+STEP_TIMEOUT_SECONDS = 45
 TIMEOUT_MARGIN_SECONDS = 10
 
 # Time for an image build and a step container to start on a loaded machine.
