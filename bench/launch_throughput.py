@@ -408,7 +408,9 @@ def before_after_table(median: Dict[int, Dict[str, float]]) -> List[str]:
         f"Before and after the fix (medians in containers/s; before: commit "
         f"{baseline['machine']['commit']}, {baseline['date']}, load "
         f"{baseline['load_start']:.2f} to {baseline['load_end']:.2f}; the raw numbers are "
-        f"in bench/results/{BASELINE_PATH.name}):",
+        f"in bench/results/{BASELINE_PATH.name}). The absolute rates follow the machine's "
+        "load, which differed between the two runs, so compare the ratios to the direct "
+        "client:",
         "",
         "| parallelism | core before | core after | core/direct before | core/direct after |",
         "|---:|---:|---:|---:|---:|",
@@ -441,7 +443,9 @@ def render_section(data: Dict[str, Any]) -> str:
         "keep-alive connection per worker thread (the direct client, the reference). "
         "Containers/s is the container count divided by the wall time from the first "
         f"create to the last removal. Medians over {data['repeats']} repeats, the clients "
-        "alternating.",
+        "alternating. Within each repeat they run in the same order, so a load that keeps "
+        "falling (or rising) during one parallelism favours the last (or first) client. "
+        "The table of runs gives the load of each run.",
         "",
         *machine.markdown_lines(data["command"], data["date"]),
         f"- Load: 1-minute load average {data['load_start']:.2f} at the start and "
