@@ -8,15 +8,16 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, DeviceMapping as DockerDeviceMapping, DeviceRequest, HostConfig, Mount,
-    MountType,
+    ContainerCreateBody, ContainerStatsResponse, DeviceMapping as DockerDeviceMapping,
+    DeviceRequest, HostConfig, Mount, MountType,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::oneshot;
 
 use super::{ContainerEngine, ContainerExit, StopSignal};
 use crate::error::Error;
@@ -202,23 +203,33 @@ impl DockerEngine {
     /// sampler reports the highest use seen.
     fn sample_memory(&self, id: &str) -> MemorySampler {
         let peak = Arc::new(AtomicU64::new(0));
+        let (exited, exit_signal) = oneshot::channel::<()>();
         let docker = self.docker.clone();
         let id = id.to_string();
         let seen = Arc::clone(&peak);
         let task = tokio::spawn(async move {
             let options = StatsOptionsBuilder::new().stream(true).build();
             let mut stats = docker.stats(&id, Some(options));
-            while let Some(Ok(sample)) = stats.next().await {
-                // cgroup v1 reports the peak itself (max_usage); cgroup v2 only the
-                // current use, so there the peak is the highest sample.
-                let used = sample
-                    .memory_stats
-                    .and_then(|memory| memory.max_usage.or(memory.usage))
-                    .unwrap_or(0);
-                seen.fetch_max(used, Ordering::Relaxed);
+            tokio::pin!(exit_signal);
+            loop {
+                tokio::select! {
+                    // When a sample and the exit are ready together, take the sample first.
+                    biased;
+                    sample = stats.next() => match sample {
+                        Some(Ok(sample)) => record_memory(&seen, sample),
+                        _ => return,
+                    },
+                    _ = &mut exit_signal => break,
+                }
+            }
+            // Docker 20.10 keeps the stream open after the exit and sends an empty
+            // sample once a second until the container is removed. So take only the
+            // samples that already arrived, then drop the stream.
+            while let Some(Some(Ok(sample))) = stats.next().now_or_never() {
+                record_memory(&seen, sample);
             }
         });
-        MemorySampler { peak, task }
+        MemorySampler { peak, exited, task }
     }
 
     /// Attaches to the output streams of a created container, before it starts.
@@ -478,15 +489,24 @@ pub struct ExitState {
 /// Background sampling of one container's memory use.
 struct MemorySampler {
     peak: Arc<AtomicU64>,
+    /// Tells the sampling task that the container has exited.
+    exited: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl MemorySampler {
-    /// Time the stats stream gets to end by itself once the container has exited.
+    /// Time the sampling task gets to take the samples that already arrived once the
+    /// container has exited. It needs no I/O for that, so this only guards against a
+    /// task that hangs.
     const END_TIMEOUT: Duration = Duration::from_millis(500);
 
     /// Stops sampling and returns the highest memory use seen, if any sample came.
+    ///
+    /// Docker 20.10 collects stats once a second, so a container that ran for less
+    /// than about a second may have no sample and then reports no peak.
     async fn finish(mut self) -> Option<u64> {
+        // The task may have ended already, with the stream, and dropped the receiver.
+        let _ = self.exited.send(());
         if tokio::time::timeout(Self::END_TIMEOUT, &mut self.task)
             .await
             .is_err()
@@ -496,6 +516,17 @@ impl MemorySampler {
         let peak = self.peak.load(Ordering::Relaxed);
         (peak > 0).then_some(peak)
     }
+}
+
+/// Raises `peak` to the memory use in a stats sample.
+fn record_memory(peak: &AtomicU64, sample: ContainerStatsResponse) {
+    // cgroup v1 reports the peak itself (max_usage); cgroup v2 only the current use,
+    // so there the peak is the highest sample.
+    let used = sample
+        .memory_stats
+        .and_then(|memory| memory.max_usage.or(memory.usage))
+        .unwrap_or(0);
+    peak.fetch_max(used, Ordering::Relaxed);
 }
 
 fn host_config(spec: &ContainerSpec) -> HostConfig {
