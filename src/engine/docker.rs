@@ -403,7 +403,7 @@ impl ContainerEngine for DockerEngine {
         let followed = self
             .follow(&id, attached, spec.stop_grace_period_secs, output, stop)
             .await;
-        let peak_memory_bytes = sampler.finish().await;
+        let peak_memory_bytes = sampler.finish();
         let (exit_code, stopped) = match followed {
             Ok(result) => result,
             Err(e) => {
@@ -482,17 +482,13 @@ struct MemorySampler {
 }
 
 impl MemorySampler {
-    /// Time the stats stream gets to end by itself once the container has exited.
-    const END_TIMEOUT: Duration = Duration::from_millis(500);
-
     /// Stops sampling and returns the highest memory use seen, if any sample came.
-    async fn finish(mut self) -> Option<u64> {
-        if tokio::time::timeout(Self::END_TIMEOUT, &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
+    ///
+    /// Called once the container has exited. Waiting for more samples then gains
+    /// nothing: Docker 20.10 keeps the stats stream of an exited container open until
+    /// the container is removed, and sends only empty samples on it, once a second.
+    fn finish(self) -> Option<u64> {
+        self.task.abort();
         let peak = self.peak.load(Ordering::Relaxed);
         (peak > 0).then_some(peak)
     }
