@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::task::JoinSet;
 
 use super::{ContainerEngine, ContainerExit, StopSignal};
 use crate::error::Error;
@@ -40,18 +42,25 @@ pub enum Record {
     Started(String),
     Exited(String),
     Stopped(String),
+    Removed(String),
 }
 
 /// Runs fake containers by name; unscripted containers succeed after one second.
+///
+/// Like the Docker engine, it removes an exited container in the background: the
+/// removal takes [`MemoryEngine::REMOVAL_TIME`] and ends after `run_container` returned.
 #[derive(Debug, Default)]
 pub struct MemoryEngine {
     scripts: HashMap<String, Script>,
-    records: Mutex<Vec<Record>>,
+    records: Arc<Mutex<Vec<Record>>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    removals: Mutex<JoinSet<()>>,
 }
 
 impl MemoryEngine {
+    pub const REMOVAL_TIME: Duration = Duration::from_millis(500);
+
     pub fn with_scripts(scripts: impl IntoIterator<Item = (&'static str, Script)>) -> Self {
         MemoryEngine {
             scripts: scripts
@@ -117,6 +126,13 @@ impl ContainerEngine for MemoryEngine {
             Record::Exited
         };
         self.record(record(spec.name.clone()));
+
+        let records = Arc::clone(&self.records);
+        let name = spec.name.clone();
+        self.removals.lock().unwrap().spawn(async move {
+            tokio::time::sleep(Self::REMOVAL_TIME).await;
+            records.lock().unwrap().push(Record::Removed(name));
+        });
         Ok(ContainerExit {
             container_id: format!("id-{}", spec.name),
             container_name: spec.name.clone(),
@@ -125,5 +141,10 @@ impl ContainerEngine for MemoryEngine {
             stopped,
             ..Default::default()
         })
+    }
+
+    async fn finish_removals(&self) {
+        let mut removals = std::mem::take(&mut *self.removals.lock().unwrap());
+        while removals.join_next().await.is_some() {}
     }
 }
