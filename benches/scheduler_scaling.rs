@@ -179,6 +179,7 @@ fn edge_count(spec: &RunSpec) -> usize {
 async fn run_to_end(spec: Arc<RunSpec>) -> (RunStatus, usize) {
     let instant = Script {
         duration: Duration::ZERO,
+        removal_time: Duration::ZERO,
         ..Default::default()
     };
     let engine = Arc::new(MemoryEngine::default().with_default_script(instant));

@@ -181,6 +181,12 @@ impl OutputSink {
         }
     }
 
+    /// Returns a new sink for the same step and observer, for notices that a task sends
+    /// after this sink's output has ended.
+    pub fn for_same_step(&self) -> OutputSink {
+        OutputSink::new(self.step.clone(), self.events.clone())
+    }
+
     /// Adds a chunk of output from `stream`.
     pub async fn write(&mut self, stream: OutputStream, chunk: &[u8]) {
         let lines = self.splitter(stream).push(chunk);

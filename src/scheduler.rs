@@ -14,8 +14,9 @@
 //! When the run's drain signal fires (a graceful stop), no other step starts and the
 //! running steps finish. When the run's cancel signal fires (a forceful stop), no other step starts and every running container
 //! is stopped (SIGTERM, SIGKILL after its grace period) and removed. [`run`] returns only
-//! after the engine has reported every started container as finished, so when it
-//! returns, the run has no container left, except failed ones the spec asked to keep.
+//! after the engine has reported every started container as finished and has finished
+//! removing them, so when it returns, the run has no container left, except failed ones
+//! the spec asked to keep.
 //!
 //! This module has no Docker types: the engine handles Docker.
 
@@ -136,6 +137,9 @@ pub async fn run<E: ContainerEngine>(
     }
 
     state.skip_waiting_steps().await;
+    // The engine may still be removing exited containers. The run ends only after
+    // that, so that it leaves no container behind.
+    engine.finish_removals().await;
     state.finish_run().await
 }
 

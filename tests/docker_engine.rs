@@ -172,6 +172,7 @@ impl TestCase {
         });
         Running {
             task,
+            engine: self.engine.clone(),
             events: events_rx,
             seen: Vec::new(),
             trigger,
@@ -271,6 +272,7 @@ impl Drop for TestCase {
 /// A `run_container` call in progress.
 struct Running {
     task: JoinHandle<(Result<ContainerExit, Error>, Vec<String>)>,
+    engine: DockerEngine,
     events: mpsc::Receiver<Event>,
     /// Events already taken from the channel by `wait_for_line`.
     seen: Vec<Event>,
@@ -302,7 +304,8 @@ impl Running {
         self.trigger.fire();
     }
 
-    /// Takes every remaining event, then the result of `run_container`.
+    /// Takes every remaining event, then the result of `run_container`, and waits
+    /// until the engine finished removing the container.
     async fn finish(mut self) -> Finished {
         guarded("run_container", async {
             let mut events = std::mem::take(&mut self.seen);
@@ -310,6 +313,7 @@ impl Running {
                 events.push(event);
             }
             let (exit, tail) = self.task.await.expect("the run_container task panicked");
+            self.engine.finish_removals().await;
             Finished { exit, events, tail }
         })
         .await
@@ -392,6 +396,28 @@ async fn run_container_streams_output_and_removes() {
     );
     test.assert_removed(&exit.container_id).await;
     test.assert_removed(&spec.name).await;
+    test.assert_no_leftovers().await;
+}
+
+#[tokio::test]
+async fn finish_removals_waits_for_removal() {
+    let mut test = TestCase::new("finish-removals").await;
+    let spec = test.spec("echo done");
+    // The receiver stays open so that the output reaches a live channel.
+    let (events_tx, _events_rx) = mpsc::channel(64);
+    let mut output = OutputSink::new(STEP, events_tx);
+    let (_trigger, signal) = StopSignal::new();
+
+    let exit = guarded(
+        "run_container",
+        test.engine.run_container(&spec, &mut output, signal),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("run_container failed: {e}"));
+    assert!(exit.succeeded());
+    guarded("finish_removals", test.engine.finish_removals()).await;
+
+    test.assert_removed(&exit.container_id).await;
     test.assert_no_leftovers().await;
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -18,6 +18,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use super::{ContainerEngine, ContainerExit, StopSignal};
 use crate::error::Error;
@@ -42,10 +43,14 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// A connection to one Docker daemon.
+///
+/// Clones share the connection and the set of container removals in progress.
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     docker: Docker,
     host: String,
+    /// Removals of exited containers that `run_container` started in the background.
+    removals: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl DockerEngine {
@@ -76,7 +81,11 @@ impl DockerEngine {
             .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;
 
-        Ok(DockerEngine { docker, host })
+        Ok(DockerEngine {
+            docker,
+            host,
+            removals: Arc::default(),
+        })
     }
 
     /// Checks that the network a container should join exists. Docker's built-in
@@ -449,9 +458,51 @@ impl ContainerEngine for DockerEngine {
         if spec.keep_if_failed && !exit.succeeded() && !exit.stopped {
             exit.kept = true;
         } else {
-            self.remove(&exit.container_id).await?;
+            self.remove_in_background(&exit, output.for_same_step());
         }
         Ok(exit)
+    }
+
+    async fn finish_removals(&self) {
+        loop {
+            // Take the set out of the lock, since the guard must not be held across an
+            // await.
+            let mut removals = std::mem::take(&mut *self.lock_removals());
+            if removals.is_empty() {
+                return;
+            }
+            while removals.join_next().await.is_some() {}
+        }
+    }
+}
+
+impl DockerEngine {
+    /// Removes an exited container in a task of its own, so that the step's exit is
+    /// reported, and the next step launched, without waiting for the removal.
+    /// [`ContainerEngine::finish_removals`] waits for it. A failed removal is sent to
+    /// `notices` as a line of the step's stderr, with the command that removes the
+    /// container by hand.
+    fn remove_in_background(&self, exit: &ContainerExit, mut notices: OutputSink) {
+        let engine = self.clone();
+        let id = exit.container_id.clone();
+        let name = exit.container_name.clone();
+        self.lock_removals().spawn(async move {
+            if let Err(e) = engine.remove(&id).await {
+                let notice = format!(
+                    "[zenml-docker-rs] {e}; the container was left behind, remove it with \
+                     `docker rm -f {name}`\n"
+                );
+                notices.write(OutputStream::Stderr, notice.as_bytes()).await;
+            }
+        });
+    }
+
+    fn lock_removals(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        // Every use of the set is a single call, so a panic while the lock was held
+        // cannot leave it inconsistent.
+        self.removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::task::JoinSet;
 
 use super::{ContainerEngine, ContainerExit, StopSignal};
 use crate::error::Error;
@@ -26,6 +28,16 @@ pub struct Script {
     /// Fail to start instead of running.
     pub start_error: bool,
     pub output: Vec<String>,
+    /// Time the removal takes after the exit. It runs in the background, like the
+    /// Docker engine's, and a zero time removes the container before the exit is
+    /// reported.
+    pub removal_time: Duration,
+}
+
+impl Script {
+    /// Removal time of the default script, long enough for tests to see a step that
+    /// finished while its container is still being removed.
+    pub const DEFAULT_REMOVAL_TIME: Duration = Duration::from_millis(500);
 }
 
 impl Default for Script {
@@ -36,6 +48,7 @@ impl Default for Script {
             oom_killed: false,
             start_error: false,
             output: Vec::new(),
+            removal_time: Script::DEFAULT_REMOVAL_TIME,
         }
     }
 }
@@ -46,17 +59,22 @@ pub enum Record {
     Started(String),
     Exited(String),
     Stopped(String),
+    Removed(String),
 }
 
 /// Runs fake containers by name; unscripted containers follow the default script, which
 /// succeeds after one second unless [`MemoryEngine::with_default_script`] sets another.
+///
+/// Like the Docker engine, it removes an exited container in the background: the
+/// removal takes the script's `removal_time` and may end after `run_container` returned.
 #[derive(Debug, Default)]
 pub struct MemoryEngine {
     scripts: HashMap<String, Script>,
     default_script: Script,
-    records: Mutex<Vec<Record>>,
+    records: Arc<Mutex<Vec<Record>>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    removals: Mutex<JoinSet<()>>,
 }
 
 impl MemoryEngine {
@@ -87,6 +105,21 @@ impl MemoryEngine {
 
     fn record(&self, record: Record) {
         self.records.lock().unwrap().push(record);
+    }
+
+    /// Records the removal of container `name` after `removal_time`, in the background
+    /// unless that time is zero.
+    fn remove(&self, name: &str, removal_time: Duration) {
+        let removed = Record::Removed(name.to_string());
+        if removal_time.is_zero() {
+            self.record(removed);
+            return;
+        }
+        let records = Arc::clone(&self.records);
+        self.removals.lock().unwrap().spawn(async move {
+            tokio::time::sleep(removal_time).await;
+            records.lock().unwrap().push(removed);
+        });
     }
 }
 
@@ -141,6 +174,7 @@ impl ContainerEngine for MemoryEngine {
             Record::Exited
         };
         self.record(record(spec.name.clone()));
+        self.remove(&spec.name, script.removal_time);
         Ok(ContainerExit {
             container_id: format!("id-{}", spec.name),
             container_name: spec.name.clone(),
@@ -149,5 +183,10 @@ impl ContainerEngine for MemoryEngine {
             stopped,
             ..Default::default()
         })
+    }
+
+    async fn finish_removals(&self) {
+        let mut removals = std::mem::take(&mut *self.removals.lock().unwrap());
+        while removals.join_next().await.is_some() {}
     }
 }

@@ -11,7 +11,8 @@
 //! container: SIGTERM, then SIGKILL after the spec's grace period. It still collects the
 //! remaining output and the exit status and removes the container, then reports
 //! [`ContainerExit::stopped`] so that a stop is never mistaken for a failure or an
-//! out-of-memory kill.
+//! out-of-memory kill. As for any exited container, the removal may still be in
+//! progress when the exit is reported; [`ContainerEngine::finish_removals`] waits for it.
 
 pub mod docker;
 pub mod inventory;
@@ -62,6 +63,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Creates and starts the container, streams its output into `output`, waits for it
     /// to exit and removes it (unless `spec.keep_if_failed` and it failed).
     ///
+    /// Returns as soon as the exit is known: the removal of an exited container may go
+    /// on after this returns, until [`finish_removals`](Self::finish_removals). A
+    /// container that failed to be created, attached or started is removed before this
+    /// returns.
+    ///
     /// Returns an error only when the container could not be created or started, or
     /// when the engine lost track of it. A non-zero exit is a normal [`ContainerExit`].
     fn run_container(
@@ -70,6 +76,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
         output: &mut OutputSink,
         stop: StopSignal,
     ) -> impl Future<Output = Result<ContainerExit, Error>> + Send;
+
+    /// Waits until every removal that [`run_container`](Self::run_container) left in
+    /// progress has finished. A failed removal is reported on the output of the step
+    /// whose container it was.
+    fn finish_removals(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// Fires once to ask an engine to stop one container.

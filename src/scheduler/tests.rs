@@ -179,6 +179,87 @@ async fn step_starts_when_its_upstream_finishes() {
     );
 }
 
+/// Returns the position of a step's report in `state` among the run's events.
+fn report_position(outcome: &Outcome, step_name: &str, state: StepState) -> usize {
+    outcome
+        .events
+        .iter()
+        .position(|event| {
+            matches!(event, Event::Step { step, report } if step == step_name && report.state == state)
+        })
+        .unwrap_or_else(|| panic!("no {state:?} report of step `{step_name}`"))
+}
+
+/// Asserts that the engine removed every container it started, before `run` returned.
+fn assert_all_removed(outcome: &Outcome) {
+    let records = outcome.engine.records();
+    for record in &records {
+        if let Record::Started(name) = record {
+            assert!(
+                records.contains(&Record::Removed(name.clone())),
+                "container `{name}` was not removed before the run ended: {records:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn next_step_starts_before_upstream_removal() {
+    let spec = spec(
+        vec![step("a", &[]), step("b", &["a"]), step("c", &["b"])],
+        ExecutionMode::FailFast,
+    );
+    let outcome = execute(spec, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    let b_start = outcome.position(Record::Started("b".into()));
+    assert!(outcome.position(Record::Exited("a".into())) < b_start);
+    assert!(b_start < outcome.position(Record::Removed("a".into())));
+    assert!(
+        report_position(&outcome, "a", StepState::Succeeded)
+            < report_position(&outcome, "b", StepState::Running)
+    );
+    assert!(
+        report_position(&outcome, "b", StepState::Succeeded)
+            < report_position(&outcome, "c", StepState::Running)
+    );
+    assert_all_removed(&outcome);
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_ends_after_last_removal() {
+    let spec = spec(
+        vec![step("a", &[]), step("b", &["a"])],
+        ExecutionMode::FailFast,
+    );
+    let started = tokio::time::Instant::now();
+    let outcome = execute(spec, MemoryEngine::default(), None).await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_all_removed(&outcome);
+    // Paused clock: two 1-second steps, then the removal of the second one's container.
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2) + Script::DEFAULT_REMOVAL_TIME
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_waits_for_removals() {
+    let spec = spec(
+        vec![step("a", &[]), step("b", &["a"]), step("c", &[])],
+        ExecutionMode::FailFast,
+    );
+    let engine =
+        MemoryEngine::with_scripts([("a", lasting(1)), ("b", lasting(60)), ("c", lasting(60))]);
+    let outcome = execute(spec, engine, Some(Duration::from_secs(2))).await;
+
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(outcome.state("b"), StepState::Stopped);
+    assert_eq!(outcome.state("c"), StepState::Stopped);
+    assert_all_removed(&outcome);
+}
+
 #[tokio::test(start_paused = true)]
 async fn parallelism_limit_caps_running_steps() {
     let steps: Vec<StepSpec> = ["s1", "s2", "s3", "s4", "s5", "s6"]
@@ -433,8 +514,12 @@ async fn retry_waits_for_growing_delay() {
 
     assert_eq!(outcome.state("flaky"), StepState::Succeeded);
     assert_eq!(outcome.final_steps()["flaky"].attempt, 3);
-    // Paused clock: 1 s + 5 s delay + 1 s + 10 s delay + 1 s, exactly.
-    assert_eq!(started.elapsed(), Duration::from_secs(18));
+    // Paused clock: 1 s + 5 s delay + 1 s + 10 s delay + 1 s, exactly, and the removal
+    // of the last container. The failed attempts' removals overlap the delays.
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(18) + Script::DEFAULT_REMOVAL_TIME
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -651,6 +736,7 @@ async fn continue_on_failure_skips_failed_join() {
 async fn zero_duration_steps_finish_without_timer() {
     let instant = Script {
         duration: Duration::ZERO,
+        removal_time: Duration::ZERO,
         ..Default::default()
     };
     let steps = (0..50).map(|i| format!("s{i}")).collect::<Vec<_>>();
