@@ -42,15 +42,22 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// same default as the `docker` CLI on Linux.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// Environment variables an image sets, by name.
+type ImageEnv = HashMap<String, String>;
+
 /// A connection to one Docker daemon.
 ///
-/// Clones share the connection and the set of container removals in progress.
+/// Clones share the connection, the set of container removals in progress and the
+/// image environments read so far.
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     docker: Docker,
     host: String,
     /// Removals of exited containers that `run_container` started in the background.
     removals: Arc<Mutex<JoinSet<()>>>,
+    /// Environment of each image inspected so far, by image reference. An engine lives
+    /// for one run, whose images do not change, so one inspect per image is enough.
+    image_envs: Arc<Mutex<HashMap<String, Arc<ImageEnv>>>>,
 }
 
 impl DockerEngine {
@@ -85,6 +92,7 @@ impl DockerEngine {
             docker,
             host,
             removals: Arc::default(),
+            image_envs: Arc::default(),
         })
     }
 
@@ -322,7 +330,19 @@ impl DockerEngine {
     }
 
     /// Returns the image's own environment as a map, for values the spec appends to.
-    async fn image_env(&self, image: &str) -> Result<HashMap<String, String>, Error> {
+    /// Each image is inspected once, which keeps that request off every later step's
+    /// path to its start.
+    async fn image_env(&self, image: &str) -> Result<Arc<ImageEnv>, Error> {
+        if let Some(env) = self.lock_image_envs().get(image) {
+            return Ok(Arc::clone(env));
+        }
+        let env = Arc::new(self.inspect_image_env(image).await?);
+        self.lock_image_envs()
+            .insert(image.to_string(), Arc::clone(&env));
+        Ok(env)
+    }
+
+    async fn inspect_image_env(&self, image: &str) -> Result<ImageEnv, Error> {
         let inspect =
             self.docker
                 .inspect_image(image)
@@ -495,6 +515,14 @@ impl DockerEngine {
                 notices.write(OutputStream::Stderr, notice.as_bytes()).await;
             }
         });
+    }
+
+    fn lock_image_envs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ImageEnv>>> {
+        // Every use of the map is a single call, so a panic while the lock was held
+        // cannot leave it inconsistent.
+        self.image_envs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_removals(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
