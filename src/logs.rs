@@ -3,9 +3,11 @@
 //! Docker delivers output as byte chunks that may end mid-line, mid-character or between
 //! the `\r` and `\n` of a line end. [`LineSplitter`] turns them into lines: `\n`, `\r\n`
 //! and a lone `\r` (how progress bars redraw a line) each end a line, so no redraw is
-//! lost. A line that grows past [`MAX_LINE_BYTES`] is sent in pieces, which bounds the
-//! memory held per stream whatever a step prints. Bytes that are not UTF-8 are replaced
-//! with U+FFFD.
+//! lost. A lone `\r` on an empty line ends nothing, because progress bars such as tqdm's
+//! start every frame with one. A line that grows past [`MAX_LINE_BYTES`] is sent in
+//! pieces, which bounds the memory held per stream whatever a step prints. The last
+//! piece of a line is always sent as finished, even when the stream ends right after a
+//! full piece. Bytes that are not UTF-8 are replaced with U+FFFD.
 
 use std::collections::VecDeque;
 
@@ -35,9 +37,23 @@ pub struct Line {
 #[derive(Debug)]
 pub struct LineSplitter {
     buffer: Vec<u8>,
-    /// The last byte seen was a `\r`, so a `\n` right after it ends nothing new.
-    after_carriage_return: bool,
+    /// Meaning of a `\n` right after the last byte, when that byte was a `\r`.
+    carriage_return: CarriageReturn,
+    /// A piece of the current line was sent, so its end must be sent too.
+    in_long_line: bool,
     max_line_bytes: usize,
+}
+
+/// State after a `\r` that ended a chunk, whose meaning depends on the next byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CarriageReturn {
+    /// The last byte was not a `\r`.
+    None,
+    /// The `\r` ended a line, so a `\n` right after it ends nothing new.
+    EndedLine,
+    /// The `\r` came on an empty line: with a `\n` after it, it is the end of a blank
+    /// line in CRLF output, and otherwise it ends nothing.
+    OnEmptyLine,
 }
 
 impl Default for LineSplitter {
@@ -51,7 +67,8 @@ impl LineSplitter {
         assert!(max_line_bytes >= 4, "a piece must hold one UTF-8 character");
         LineSplitter {
             buffer: Vec::new(),
-            after_carriage_return: false,
+            carriage_return: CarriageReturn::None,
+            in_long_line: false,
             max_line_bytes,
         }
     }
@@ -60,10 +77,18 @@ impl LineSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
         let mut lines = Vec::new();
         let mut rest = chunk;
-        if self.after_carriage_return {
-            self.after_carriage_return = false;
-            if let Some(after_newline) = rest.strip_prefix(b"\n") {
-                rest = after_newline;
+        if rest.is_empty() {
+            return lines;
+        }
+        let carriage_return = std::mem::replace(&mut self.carriage_return, CarriageReturn::None);
+        if let Some(after_newline) = rest.strip_prefix(b"\n") {
+            match carriage_return {
+                CarriageReturn::None => {}
+                CarriageReturn::EndedLine => rest = after_newline,
+                CarriageReturn::OnEmptyLine => {
+                    lines.push(self.take_line());
+                    rest = after_newline;
+                }
             }
         }
         while !rest.is_empty() {
@@ -72,14 +97,24 @@ impl LineSplitter {
                 break;
             };
             self.append(&rest[..end], &mut lines);
-            lines.push(self.take_line());
             let terminator = rest[end];
             rest = &rest[end + 1..];
-            if terminator == b'\r' {
-                match rest.first() {
-                    Some(b'\n') => rest = &rest[1..],
-                    Some(_) => {}
-                    None => self.after_carriage_return = true,
+            if terminator == b'\n' {
+                lines.push(self.take_line());
+                continue;
+            }
+            let on_empty_line = self.buffer.is_empty() && !self.in_long_line;
+            match (rest.first(), on_empty_line) {
+                (Some(b'\n'), _) => {
+                    lines.push(self.take_line());
+                    rest = &rest[1..];
+                }
+                (Some(_), true) => {}
+                (Some(_), false) => lines.push(self.take_line()),
+                (None, true) => self.carriage_return = CarriageReturn::OnEmptyLine,
+                (None, false) => {
+                    lines.push(self.take_line());
+                    self.carriage_return = CarriageReturn::EndedLine;
                 }
             }
         }
@@ -101,9 +136,10 @@ impl LineSplitter {
     }
 
     /// Returns the unterminated last line, if any: called once the stream has ended.
+    /// After a piece with nothing behind it, that is an empty line that ends the piece.
     pub fn finish(&mut self) -> Option<Line> {
-        self.after_carriage_return = false;
-        if self.buffer.is_empty() {
+        self.carriage_return = CarriageReturn::None;
+        if self.buffer.is_empty() && !self.in_long_line {
             None
         } else {
             Some(self.take_line())
@@ -115,6 +151,7 @@ impl LineSplitter {
     fn take_line(&mut self) -> Line {
         let text = String::from_utf8_lossy(&self.buffer).into_owned();
         self.buffer.clear();
+        self.in_long_line = false;
         Line {
             text,
             continued: false,
@@ -127,6 +164,7 @@ impl LineSplitter {
         let cut = utf8_boundary(&self.buffer);
         let rest = self.buffer.split_off(cut);
         let piece = std::mem::replace(&mut self.buffer, rest);
+        self.in_long_line = true;
         Line {
             text: String::from_utf8_lossy(&piece).into_owned(),
             continued: true,
@@ -316,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn splitter_skips_carriage_return_on_empty_line() {
+        let mut s = LineSplitter::default();
+        assert_eq!(texts(s.push(b"\r  0%\r 50%\n\r")), vec!["  0%", " 50%"]);
+        assert_eq!(texts(s.push(b"100%\n")), vec!["100%"]);
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn splitter_keeps_blank_crlf_line() {
+        let mut s = LineSplitter::default();
+        assert_eq!(texts(s.push(b"a\r\n\r")), vec!["a"]);
+        assert_eq!(texts(s.push(b"\nb\r\n")), vec!["", "b"]);
+    }
+
+    #[test]
+    fn splitter_ends_line_cut_at_piece_boundary() {
+        let mut s = LineSplitter::with_max_line_bytes(8);
+        let lines = s.push(b"01234567");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].continued);
+        let last = s.finish().expect("the cut line must be ended");
+        assert_eq!(last.text, "");
+        assert!(!last.continued);
+    }
+
+    #[test]
     fn splitter_keeps_empty_lines() {
         let mut s = LineSplitter::default();
         assert_eq!(texts(s.push(b"a\n\nb\n")), vec!["a", "", "b"]);
@@ -367,25 +431,34 @@ mod tests {
     fn split_bytewise(input: &[u8], max_line_bytes: usize) -> Vec<(Vec<u8>, bool)> {
         let mut lines = Vec::new();
         let mut line = Vec::new();
-        let mut after_carriage_return = false;
+        let mut in_long_line = false;
+        // Some(true): the last byte was a `\r` on an empty line; Some(false): it was a
+        // `\r` that ended a line.
+        let mut carriage_return: Option<bool> = None;
         for &byte in input {
-            let after = std::mem::replace(&mut after_carriage_return, false);
+            let after = carriage_return.take();
             match byte {
-                b'\n' if after => {}
-                b'\n' => lines.push((std::mem::take(&mut line), false)),
+                b'\n' if after == Some(false) => {}
+                b'\n' => {
+                    lines.push((std::mem::take(&mut line), false));
+                    in_long_line = false;
+                }
+                b'\r' if line.is_empty() && !in_long_line => carriage_return = Some(true),
                 b'\r' => {
                     lines.push((std::mem::take(&mut line), false));
-                    after_carriage_return = true;
+                    in_long_line = false;
+                    carriage_return = Some(false);
                 }
                 _ => {
                     line.push(byte);
                     if line.len() == max_line_bytes {
                         lines.push((std::mem::take(&mut line), true));
+                        in_long_line = true;
                     }
                 }
             }
         }
-        if !line.is_empty() {
+        if !line.is_empty() || in_long_line {
             lines.push((line, false));
         }
         lines
@@ -393,7 +466,7 @@ mod tests {
 
     #[test]
     fn splitter_matches_bytewise_split_at_every_chunk_boundary() {
-        let input = b"ab\r\ncd\r\r\n\nefghijklmnop\rq\n\r\r\nrstuvwxyz0123456789\r";
+        let input = b"\rab\r\ncd\r\r\n\nefghijklmnop\rq\n\r\r\nrstuvwxyz0123456789\r\n\r01234567";
         let expected = split_bytewise(input, 8);
         for cut in 0..=input.len() {
             let mut s = LineSplitter::with_max_line_bytes(8);

@@ -265,6 +265,7 @@ class RunMonitor:
         if kind == "log":
             self._log_output(event)
         elif kind == "step":
+            self._log_unfinished_lines(event["step"])
             self._log_step_state(event)
             if event["state"] in ("succeeded", "failed", "stopped"):
                 self._publish_step_metadata(event["step"], event)
@@ -289,12 +290,16 @@ class RunMonitor:
                 text = finished
         _log_lines(event["step"], text)
 
-    def _log_unfinished_lines(self) -> None:
-        """Log lines still held back once the run ended. The core ends every step's
-        output with a finished line, so this only acts if that end never came."""
-        for (step, _), text in self._unfinished_lines.items():
-            _log_lines(step, text)
-        self._unfinished_lines.clear()
+    def _log_unfinished_lines(self, step: Optional[str] = None) -> None:
+        """Log the lines held back for `step`, or for every step when it is None.
+
+        Called when a step changes state and when the run ended. The core ends every
+        attempt's output with a finished line, so this acts only if that end never
+        came, and it keeps the held text from joining the next attempt's output.
+        """
+        for key in list(self._unfinished_lines):
+            if step is None or key[0] == step:
+                _log_lines(key[0], self._unfinished_lines.pop(key))
 
     def _log_step_state(self, event: Dict[str, Any]) -> None:
         step = event["step"]
