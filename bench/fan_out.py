@@ -363,6 +363,9 @@ def render_section(
 
 def main() -> int:
     args = parse_args()
+    common.require_modules("zenml", "zenml_docker_rs", "docker", "matplotlib")
+    # ZenML builds the step images FROM this image.
+    common.require_image(common.zenml_parent_image(), common.base_image_command())
     command = common.command_line()
     date = common.utc_now()
     run_id = uuid.uuid4().hex[:12]

@@ -52,6 +52,8 @@ from common import (  # noqa: E402 - the path above makes common importable
     Machine,
     command_line,
     docker,
+    require_image,
+    require_modules,
     save_results,
     setup_logger,
     utc_now,
@@ -509,10 +511,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    require_modules("zenml_docker_rs", "docker")
+    require_image(IMAGE, "bash scripts/build-test-image.sh")
     logger = setup_logger(NAME)
     run_id = uuid.uuid4().hex[:12]
     label = f"{BENCH_LABEL}={run_id}"
-    docker("image", "inspect", "--format", "{{.Id}}", IMAGE)
     logger.info("benchmark run %s, containers labelled %s", run_id, label)
 
     # SIGTERM raises SystemExit, so the cleanup below runs on `kill` too.

@@ -50,6 +50,8 @@ from common import (  # noqa: E402
     Machine,
     command_line,
     docker,
+    require_image,
+    require_modules,
     save_results,
     setup_logger,
     throwaway_zenml_config,
@@ -59,6 +61,7 @@ from common import (  # noqa: E402
 
 NAME = "log_streaming"
 IMAGE = "zenmldocker/zenml:0.98.0-py3.11"
+IMAGE_BUILD_COMMAND = "bash scripts/build-base-image.sh 0.98.0 3.11"
 PYTHON_IN_IMAGE = "/opt/venv/bin/python"
 BENCH_DIR = Path(__file__).resolve().parent
 PRODUCER_MOUNT = "/opt/zenml-docker-rs-bench"
@@ -327,22 +330,6 @@ def lines_intact(run: Run, expected: log_producer.Expected) -> bool:
     return run.lines == expected.lines
 
 
-def wait_for_image(timeout: float = 1800.0) -> None:
-    """Wait until the image exists; another process may still be building it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            docker("image", "inspect", "--format", "{{.Id}}", IMAGE)
-            return
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"image {IMAGE} is missing; build it with scripts/build-base-image.sh"
-                ) from None
-            logger.info("waiting for image %s", IMAGE)
-            time.sleep(10)
-
-
 def mix_text(expected: log_producer.Expected) -> str:
     """Describe the line mix as shares of the line count."""
     parts = [
@@ -477,9 +464,10 @@ def render_section(
 
 def main() -> int:
     args = parse_args()
+    require_modules("zenml", "zenml_docker_rs")
+    require_image(IMAGE, IMAGE_BUILD_COMMAND)
     bench_id = uuid.uuid4().hex[:12]
     logger.info("benchmark run id %s", bench_id)
-    wait_for_image()
 
     expected = log_producer.expected(args.seed, args.bytes)
     logger.info("expected: %s", expected)

@@ -14,6 +14,7 @@ change) and adds a before/after table to the section.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,11 @@ def main() -> None:
     if args.sample_size < 10:
         parser.error(f"--sample-size is {args.sample_size}; criterion needs 10 or more")
     before = json.loads(args.before.read_text()) if args.before else None
+    if shutil.which("cargo") is None:
+        raise SystemExit(
+            "error: cargo not found on PATH; install a Rust toolchain 1.85 or newer "
+            "(for example with rustup)"
+        )
 
     logger = setup_logger(NAME)
     machine = Machine.describe()
