@@ -88,7 +88,7 @@ def require_image(reference: str, build_command: str) -> None:
         return
     if "no such image" in result.stderr.lower():
         raise SystemExit(f"error: image {reference} not found; build it with `{build_command}`")
-    raise SystemExit(f"error: cannot inspect the image {reference}: {result.stderr.strip()}")
+    raise SystemExit(f"error: failed to inspect the image {reference}: {result.stderr.strip()}")
 
 
 def zenml_parent_image() -> str:
