@@ -9,6 +9,8 @@ ZenML configuration that differ only in the orchestrator.
 
 import contextlib
 import datetime
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -57,14 +59,67 @@ def setup_logger(name: str) -> logging.Logger:
     return logger
 
 
+# The one command that installs every Python package a benchmark script imports.
+INSTALL_HINT = (
+    'python3 -m venv .venv && .venv/bin/pip install ".[bench]", '
+    "then run the script with .venv/bin/python"
+)
+
+
+def require_modules(*names: str) -> None:
+    """Exit with an install hint unless every named top-level module is importable.
+
+    find_spec locates a top-level module without importing it, so this runs before
+    throwaway_zenml_config, which must come before the first zenml import.
+    """
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        noun = "module" if len(missing) == 1 else "modules"
+        raise SystemExit(
+            f"error: Python {noun} {', '.join(missing)} not found by {sys.executable}; "
+            f"install the package with its bench extra into a venv: {INSTALL_HINT}"
+        )
+
+
+def require_image(reference: str, build_command: str) -> None:
+    """Exit with the build command unless the Docker image `reference` exists locally."""
+    result = _run_docker("image", "inspect", "--format", "{{.Id}}", reference)
+    if result.returncode == 0:
+        return
+    if "no such image" in result.stderr.lower():
+        raise SystemExit(f"error: image {reference} not found; build it with `{build_command}`")
+    raise SystemExit(f"error: failed to inspect the image {reference}: {result.stderr.strip()}")
+
+
+def zenml_parent_image() -> str:
+    """Return ZenML's parent image for step builds, for the installed zenml and Python.
+
+    Reads zenml's version from the package metadata, so zenml is not imported.
+    """
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return f"zenmldocker/zenml:{importlib.metadata.version('zenml')}-py{python}"
+
+
+def base_image_command() -> str:
+    """Return the command that builds zenml_parent_image() for this interpreter."""
+    return f"PYTHON={shlex.quote(sys.executable)} bash scripts/build-base-image.sh"
+
+
 def docker(*args: str) -> str:
     """Run the Docker CLI and return its standard output."""
-    result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    result = _run_docker(*args)
     if result.returncode != 0:
         raise RuntimeError(
             f"`docker {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result.stdout.strip()
+
+
+def _run_docker(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["docker", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SystemExit("error: the docker CLI is not on PATH; install Docker") from None
 
 
 def command_line() -> str:
@@ -106,7 +161,17 @@ class Machine:
                 int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")
             )
         commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-        if _git("status", "--porcelain", "--untracked-files=no"):
+        # The suite rewrites BENCHMARKS.md and bench/results/ after each script, so
+        # changes there do not make the measured code differ from the commit.
+        if _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)BENCHMARKS.md",
+            ":(exclude)bench/results",
+        ):
             commit += " with uncommitted changes"
         return cls(
             cpus=os.cpu_count() or 0,

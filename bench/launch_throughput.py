@@ -24,8 +24,9 @@ container with that label and touches no other Docker object.
 The medians, their ratios to the direct client and every single measurement replace
 this script's section of BENCHMARKS.md; the raw numbers go to
 bench/results/launch_throughput.json. When bench/results/launch_throughput_before_fix.json
-exists (a run of this script before the fix described in the section), the section
-compares its medians with the new ones.
+exists (a run of this script before the fix described in the section) and used the
+same container count, parallelisms and repeats, the section compares its medians with
+the new ones.
 """
 
 import argparse
@@ -52,6 +53,8 @@ from common import (  # noqa: E402 - the path above makes common importable
     Machine,
     command_line,
     docker,
+    require_image,
+    require_modules,
     save_results,
     setup_logger,
     utc_now,
@@ -379,7 +382,7 @@ def medians(measurements: List[Dict[str, Any]]) -> Dict[int, Dict[str, float]]:
 
 
 def target_verdict(median: Dict[int, Dict[str, float]]) -> str:
-    """Return whether the core met its target, as a sentence."""
+    """Return whether the core met each condition of its target, as sentences."""
     row = median.get(TARGET_PARALLELISM)
     goal = (
         f"Target: at parallelism {TARGET_PARALLELISM}, the core reaches at least "
@@ -388,25 +391,61 @@ def target_verdict(median: Dict[int, Dict[str, float]]) -> str:
     )
     if row is None:
         return f"{goal} Not measured: this run did not include parallelism {TARGET_PARALLELISM}."
-    ratio = row["core"] / row["direct"]
-    met_direct = ratio >= TARGET_RATIO_TO_DIRECT
-    met_docker_py = row["core"] >= row["docker-py"]
-    verdict = "**met**" if met_direct and met_docker_py else "**missed**"
+    to_direct = row["core"] / row["direct"]
+    to_docker_py = row["core"] / row["docker-py"]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**missed**"
+
     return (
-        f"{goal} Measured: {ratio:.2f} of direct, {row['core'] / row['docker-py']:.2f} of "
-        f"docker-py, so the target is {verdict}."
+        f"{goal} Measured: {to_direct:.3f} of direct (target ≥ "
+        f"{TARGET_RATIO_TO_DIRECT:.2f}: {verdict(to_direct >= TARGET_RATIO_TO_DIRECT)}), "
+        f"{to_docker_py:.3f} of docker-py (target ≥ 1.00: {verdict(to_docker_py >= 1.0)})."
     )
 
 
-def before_after_table(median: Dict[int, Dict[str, float]]) -> List[str]:
-    """Compare the core's medians with those of the saved run before the fix."""
+def repeats_text(repeats: int) -> str:
+    """Say what the summary table shows, without calling a single value a median."""
+    if repeats == 1:
+        return "One measurement per client and parallelism"
+    return f"Medians over {repeats} repeats"
+
+
+def statistic_text(repeats: int) -> str:
+    """Name what the summary tables show: medians, or single values for one repeat."""
+    return "medians" if repeats > 1 else "single measurements"
+
+
+# The settings a before/after comparison needs to be equal in both runs, as results
+# keys with the option each one comes from.
+COMPARED_SETTINGS = {"count": "--containers", "parallelisms": "--parallelism", "repeats": "--repeats"}
+
+
+def before_after_table(data: Dict[str, Any], median: Dict[int, Dict[str, float]]) -> List[str]:
+    """Compare the core's medians with those of the saved run before the fix.
+
+    Returns no table, only a sentence, when the saved run used other settings,
+    because its rates would then not be comparable.
+    """
     if not BASELINE_PATH.exists():
         return []
     baseline = json.loads(BASELINE_PATH.read_text())
+    differing = [key for key in COMPARED_SETTINGS if baseline.get(key) != data[key]]
+    if differing:
+        settings = ", ".join(
+            f"{COMPARED_SETTINGS[key]} {baseline.get(key)} (this run: {data[key]})"
+            for key in differing
+        )
+        return [
+            f"No before/after table: the saved run before the fix "
+            f"(bench/results/{BASELINE_PATH.name}) used other settings: {settings}. "
+            "Run this script with the same settings to compare them."
+        ]
+
     before = medians(baseline["measurements"])
     lines = [
-        f"Before and after the fix (medians in containers/s; before: commit "
-        f"{baseline['machine']['commit']}, {baseline['date']}, load "
+        f"Before and after the fix ({statistic_text(data['repeats'])} in containers/s; "
+        f"before: commit {baseline['machine']['commit']}, {baseline['date']}, load "
         f"{baseline['load_start']:.2f} to {baseline['load_end']:.2f}; the raw numbers are "
         f"in bench/results/{BASELINE_PATH.name}). The absolute rates follow the machine's "
         "load, which differed between the two runs, so compare the ratios to the direct "
@@ -442,7 +481,7 @@ def render_section(data: Dict[str, Any]) -> str:
         "minimal client that speaks HTTP/1.1 over the daemon's Unix socket with one "
         "keep-alive connection per worker thread (the direct client, the reference). "
         "Containers/s is the container count divided by the wall time from the first "
-        f"create to the last removal. Medians over {data['repeats']} repeats, the clients "
+        f"create to the last removal. {repeats_text(data['repeats'])}, the clients "
         "alternating. Within each repeat they run in the same order, so a load that keeps "
         "falling (or rising) during one parallelism favours the last (or first) client. "
         "The table of runs gives the load of each run.",
@@ -462,7 +501,7 @@ def render_section(data: Dict[str, Any]) -> str:
             f"{row['docker-py'] / row['direct']:.2f} |"
         )
     lines += ["", target_verdict(median), "", API_CALLS, FINDINGS]
-    comparison = before_after_table(median)
+    comparison = before_after_table(data, median)
     if comparison:
         lines += [*comparison, ""]
     lines += [
@@ -509,10 +548,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    require_modules("zenml_docker_rs", "docker")
+    require_image(IMAGE, "bash scripts/build-test-image.sh")
     logger = setup_logger(NAME)
     run_id = uuid.uuid4().hex[:12]
     label = f"{BENCH_LABEL}={run_id}"
-    docker("image", "inspect", "--format", "{{.Id}}", IMAGE)
     logger.info("benchmark run %s, containers labelled %s", run_id, label)
 
     # SIGTERM raises SystemExit, so the cleanup below runs on `kill` too.

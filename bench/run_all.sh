@@ -23,7 +23,19 @@ PYTHON="$venv/bin/python" bash scripts/build-base-image.sh
 bash scripts/build-test-image.sh
 
 for benchmark in scheduler_scaling launch_throughput log_streaming step_gap fan_out; do
-    echo "=== bench/$benchmark.py"
-    "$venv/bin/python" "bench/$benchmark.py"
+    # Given the saved runs from before a change, these two sections keep their
+    # before/after tables and profile notes.
+    options=()
+    case $benchmark in
+        scheduler_scaling) options=(--before bench/results/scheduler_scaling_before.json) ;;
+        step_gap) options=(--before bench/results/step_gap-47347e5.json) ;;
+    esac
+    echo "=== bench/$benchmark.py${options[*]:+ ${options[*]}}"
+    status=0
+    "$venv/bin/python" "bench/$benchmark.py" "${options[@]}" || status=$?
+    if ((status != 0)); then
+        echo "=== bench/$benchmark.py failed with exit code $status. The benchmarks after it did not run." >&2
+        exit "$status"
+    fi
 done
 echo "=== done: BENCHMARKS.md and bench/results/ were rewritten"

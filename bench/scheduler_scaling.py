@@ -14,6 +14,7 @@ change) and adds a before/after table to the section.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,10 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
 CRITERION_DIR = TARGET_DIR / "criterion" / NAME
 MEMORY_JSON = TARGET_DIR / NAME / "memory.json"
 
+# The last commit before step readiness became incremental, the one the profile notes
+# and bench/results/scheduler_scaling_before.json were measured on.
+READINESS_BEFORE_COMMIT = "1db309a"
+
 # Targets on the 2-CPU benchmark machine.
 RUN_TARGET_MS = 200.0
 MEMORY_TARGET_BYTES = 50 * 1000 * 1000
@@ -46,7 +51,7 @@ MEMORY_TARGET_BYTES = 50 * 1000 * 1000
 PROFILE_NOTES = """\
 Profile: `valgrind --tool=callgrind target/release/deps/scheduler_scaling-<hash> --bench
 no-such-benchmark`, which runs only the counted run and two spec builds. Before the
-change (commit {before_commit}), one run took 2.31 billion instructions (2.20 on the
+change, at commit 1db309a, one run took 2.31 billion instructions (2.20 on the
 thread that drives the run, 0.11 on tokio's workers), and 2.08 billion of them, 90 %,
 were `Vec::from_iter` inlined from `RunState::ready_steps`. That function scanned every
 step, and the upstream steps of each waiting one, after every finished step: O(n^2) for
@@ -106,6 +111,20 @@ def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def comparison_intro(before: Dict[str, Any]) -> str:
+    """Introduce the before/after table, naming the change only for its own baseline."""
+    if before["machine"]["commit"] == READINESS_BEFORE_COMMIT:
+        return (
+            "Before and after making step readiness incremental, each measured by this "
+            "script. Spec validation is the same code at both commits, so its change "
+            "shows how much the load alone moves these numbers."
+        )
+    return (
+        f"Compared with an earlier run of this script at commit "
+        f"{before['machine']['commit']} ({before['date']}), passed with `--before`."
+    )
+
+
 def render_section(results: Dict[str, Any], before: Optional[Dict[str, Any]]) -> str:
     dag = results["dag"]
     run = results["run"]
@@ -130,8 +149,9 @@ def render_section(results: Dict[str, Any], before: Optional[Dict[str, Any]]) ->
         *machine.markdown_lines(results["command"], results["date"]),
         f"- Load: 1-minute load average {load_before:.2f} at the start and "
         f"{load_after:.2f} at the end",
-        f"- Criterion: {results['sample_size']} samples per benchmark, median with "
-        f"its {run['confidence_level'] * 100:.0f} % confidence interval",
+        f"- Statistic: criterion's median time per iteration over "
+        f"{results['sample_size']} samples, with criterion's "
+        f"{run['confidence_level'] * 100:.0f} % confidence interval of that median",
         "",
         "| measurement | median | confidence interval | target | result |",
         "|---|---:|---|---:|---|",
@@ -164,9 +184,7 @@ def render_section(results: Dict[str, Any], before: Optional[Dict[str, Any]]) ->
     if before is not None:
         lines += [
             "",
-            "Before and after making step readiness incremental, each measured by this "
-            "script. Spec validation is the same code at both commits, so its change "
-            "shows how much the load alone moves these numbers.",
+            comparison_intro(before),
             "",
             "| | commit | load at start | run median | peak heap | validate median |",
             "|---|---|---:|---:|---:|---:|",
@@ -178,7 +196,7 @@ def render_section(results: Dict[str, Any], before: Optional[Dict[str, Any]]) ->
                 f"{mib(item['memory']['run_peak_heap_bytes'])} | "
                 f"{item['validate']['median_ms']:.2f} ms |"
             )
-        lines += ["", PROFILE_NOTES.format(before_commit=before["machine"]["commit"])]
+        lines += ["", PROFILE_NOTES]
     return "\n".join(lines)
 
 
@@ -186,7 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sample-size", type=int, default=30,
-        help="criterion samples per benchmark (10 or more)",
+        help="criterion samples per benchmark, 10 or more (default: 30)",
     )
     parser.add_argument(
         "--before", type=Path,
@@ -195,7 +213,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.sample_size < 10:
         parser.error(f"--sample-size is {args.sample_size}; criterion needs 10 or more")
+    if args.before is not None and not args.before.is_file():
+        parser.error(
+            f"--before {args.before}: no such file; pass a scheduler_scaling results JSON"
+        )
     before = json.loads(args.before.read_text()) if args.before else None
+    if shutil.which("cargo") is None:
+        raise SystemExit(
+            "error: cargo not found on PATH; install a Rust toolchain 1.85 or newer "
+            "(for example with rustup)"
+        )
 
     logger = setup_logger(NAME)
     machine = Machine.describe()

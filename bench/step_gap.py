@@ -40,13 +40,17 @@ from common import (  # noqa: E402 - the folder must be on sys.path first
     REPO_ROOT,
     Machine,
     ZenmlStacks,
+    base_image_command,
     command_line,
     median_and_max,
+    require_image,
+    require_modules,
     save_results,
     setup_logger,
     throwaway_zenml_config,
     utc_now,
     write_section,
+    zenml_parent_image,
 )
 
 NAME = "step_gap"
@@ -600,6 +604,9 @@ NOTES = [
 
 def main() -> int:
     args = parse_args()
+    require_modules("zenml", "zenml_docker_rs", "docker")
+    # ZenML builds the step images FROM this image.
+    require_image(zenml_parent_image(), base_image_command())
     command = command_line()
     date = utc_now()
     benchmark_id = uuid.uuid4().hex[:12]
