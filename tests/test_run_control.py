@@ -610,7 +610,10 @@ def test_timeout_stops_step(zenml_stack, run_processes, tmp_path):
 def test_timeout_during_startup_fails_run(zenml_stack, run_processes, tmp_path):
     # The step entrypoint needs seconds to import zenml and create its step run (3.7 s
     # and more on 2 loaded cores), so a 1 s timeout stops the container before any step
-    # run exists that could record the failure. The run must still end as failed.
+    # run exists that could record the failure. The run must still end as failed. A
+    # zero grace period kills it at once: until ZenML installs its signal handler the
+    # entrypoint ignores SIGTERM, and on a quiet machine it reached the step function
+    # within a 2 s grace period.
     name = "e2e_run_control_startup_timeout"
     orchestrator_id = zenml_stack["orchestrator_id"]
     sync_dir = tmp_path / "sync"
@@ -618,7 +621,7 @@ def test_timeout_during_startup_fails_run(zenml_stack, run_processes, tmp_path):
 
     result = run_pipeline(
         PIPELINE_SCRIPT, "--kind", "sleepy", "--name", name, "--sync-dir", str(sync_dir),
-        "--timeout", "1", "--grace", str(GRACE_SECONDS),
+        "--timeout", "1", "--grace", "0",
         timeout=STARTUP_TIMEOUT_SECONDS,
     )
 
