@@ -14,7 +14,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -67,13 +67,47 @@ def docker_ids(kind: str, *filters: str) -> List[str]:
     return output.split()
 
 
+# Label of the ZenML parent image that scripts/build-base-image.sh builds. Containers
+# from that image inherit it, including the intermediate containers of ZenML's image
+# builds.
+BASE_IMAGE_LABEL = "io.zenml.docker-rs.base-image=true"
+
+
+def build_containers() -> List[str]:
+    """Return the ids of stopped containers that ran one instruction of an image build
+    on top of the ZenML parent image."""
+    ids = []
+    for status in ("created", "exited"):
+        command = [
+            "docker", "container", "ls", "-aq", "--no-trunc",
+            "--filter", f"label={BASE_IMAGE_LABEL}", "--filter", f"status={status}",
+        ]
+        ids += subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return []
+    inspect = subprocess.run(
+        ["docker", "container", "inspect", "--format", "{{.Id}} {{json .Config.Cmd}}", *ids],
+        capture_output=True, text=True,
+    ).stdout
+    return [
+        line.split(" ", 1)[0]
+        for line in inspect.splitlines()
+        if line.split(" ", 1)[-1].startswith('["/bin/sh","-c"')
+    ]
+
+
 @pytest.fixture(scope="session")
-def zenml_stack() -> Dict[str, str]:
+def zenml_stack() -> Iterator[Dict[str, str]]:
     """Register the flavor and a docker_rs stack with the CLI, as a user does.
 
-    Returns:
+    ZenML's local image builder calls docker-py's build without `rm`, so a build
+    that is not cached leaves one stopped container per instruction. At the end of
+    the session, those created during it are removed.
+
+    Yields:
         The orchestrator's component id, which labels every container of these tests.
     """
+    existing_build_containers = set(build_containers())
     zenml_cli("orchestrator", "flavor", "register", "zenml_docker_rs.DockerRsOrchestratorFlavor")
     zenml_cli("orchestrator", "register", "docker_rs", "-f", "docker_rs")
     zenml_cli("image-builder", "register", "local_builder", "-f", "local")
@@ -86,7 +120,11 @@ def zenml_stack() -> Dict[str, str]:
     global _orchestrator_label
     orchestrator = Client().get_stack_component("orchestrator", "docker_rs")
     _orchestrator_label = f"io.zenml.orchestrator-id={orchestrator.id}"
-    return {"orchestrator_id": str(orchestrator.id)}
+    yield {"orchestrator_id": str(orchestrator.id)}
+
+    left_by_builds = [c for c in build_containers() if c not in existing_build_containers]
+    if left_by_builds:
+        subprocess.run(["docker", "rm", "-f", "-v", *left_by_builds], capture_output=True)
 
 
 @pytest.fixture(autouse=True)
