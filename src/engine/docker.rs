@@ -38,6 +38,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// against a daemon that keeps the stream open.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time after a container's start before its memory sampling begins. Docker 20.10
+/// sends the first stats sample about a second after the stream opens, so a
+/// container that exits sooner than that gets no sample either way. With cgroup v1 each
+/// sample carries the kernel's peak since the container started, so the delay loses
+/// nothing for a container that lives long enough to be sampled; with cgroup v2 the
+/// peak is the highest of the samples taken.
+const MEMORY_SAMPLING_DELAY: Duration = Duration::from_millis(500);
+
 /// The daemon address used when neither the caller nor `DOCKER_HOST` names one; the
 /// same default as the `docker` CLI on Linux.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -218,6 +226,9 @@ impl DockerEngine {
 
     /// Starts sampling the container's memory use in the background; the returned
     /// sampler reports the highest use seen.
+    ///
+    /// The stats stream opens only after [`MEMORY_SAMPLING_DELAY`], so a container that
+    /// exits before then costs the daemon no stats collection.
     fn sample_memory(&self, id: &str) -> MemorySampler {
         let peak = Arc::new(AtomicU64::new(0));
         let (exited, exit_signal) = oneshot::channel::<()>();
@@ -225,9 +236,13 @@ impl DockerEngine {
         let id = id.to_string();
         let seen = Arc::clone(&peak);
         let task = tokio::spawn(async move {
+            tokio::pin!(exit_signal);
+            tokio::select! {
+                _ = tokio::time::sleep(MEMORY_SAMPLING_DELAY) => {}
+                _ = &mut exit_signal => return,
+            }
             let options = StatsOptionsBuilder::new().stream(true).build();
             let mut stats = docker.stats(&id, Some(options));
-            tokio::pin!(exit_signal);
             loop {
                 tokio::select! {
                     // When a sample and the exit are ready together, take the sample first.
@@ -581,8 +596,9 @@ impl MemorySampler {
 
     /// Stops sampling and returns the highest memory use seen, if any sample came.
     ///
-    /// Docker 20.10 collects stats once a second, so a container that ran for less
-    /// than about a second may have no sample and then reports no peak.
+    /// Docker 20.10 collects stats once a second, and sampling starts after
+    /// [`MEMORY_SAMPLING_DELAY`], so a container that ran for less than about 1.5 s may
+    /// have no sample and then reports no peak.
     async fn finish(mut self) -> Option<u64> {
         // The task may have ended already, with the stream, and dropped the receiver.
         let _ = self.exited.send(());
