@@ -136,6 +136,15 @@ pub struct ContainerSpec {
     /// Keep the container after it failed, for debugging, instead of removing it.
     #[serde(default)]
     pub keep_if_failed: bool,
+    /// Docker logging driver of the container, such as `none` or `local`; `None` keeps
+    /// the daemon's default. The core reads output through `attach`, so the driver
+    /// only decides what `docker logs` and log shippers see.
+    #[serde(default)]
+    pub log_driver: Option<String>,
+    /// Options of the logging driver (`docker run --log-opt`). Without `log_driver`
+    /// they apply to the daemon's default driver.
+    #[serde(default)]
+    pub log_options: BTreeMap<String, String>,
 }
 
 /// Docker's own default time between SIGTERM and SIGKILL in `docker stop`.
@@ -285,6 +294,13 @@ impl RunSpec {
                         step.name
                     )));
                 }
+            }
+            if container.log_driver.as_deref().is_some_and(str::is_empty) {
+                return Err(Error::InvalidSpec(format!(
+                    "step `{}` has an empty log driver; name a Docker logging driver, or \
+                     leave it unset for the daemon's default",
+                    step.name
+                )));
             }
             if step.timeout_secs == Some(0) {
                 return Err(Error::InvalidSpec(format!(
@@ -480,6 +496,14 @@ mod tests {
         second.container.name = "c-a".into();
         let spec = run(vec![step("a", &[]), second]);
         assert!(message(&spec).contains("container name `c-a` of step `b`"));
+    }
+
+    #[test]
+    fn validate_rejects_empty_log_driver() {
+        let mut logged = step("a", &[]);
+        logged.container.log_driver = Some(String::new());
+        let text = message(&run(vec![logged]));
+        assert!(text.contains("step `a` has an empty log driver"), "{text}");
     }
 
     #[test]

@@ -464,6 +464,36 @@ async fn run_container_keeps_failed_when_asked() {
 }
 
 #[tokio::test]
+async fn run_container_sets_log_driver() {
+    let mut test = TestCase::new("log-driver").await;
+    // Kept on failure so that its host config can be inspected afterwards.
+    let mut spec = test.spec("echo through attach; exit 4");
+    spec.keep_if_failed = true;
+    spec.log_driver = Some("none".into());
+
+    let finished = test.run(&spec).await;
+    let exit = finished.exit();
+
+    assert_eq!(exit.exit_code, 4);
+    assert_eq!(
+        finished.lines(OutputStream::Stdout),
+        vec!["through attach".to_string()]
+    );
+    let inspect = test
+        .inspect(&exit.container_id)
+        .await
+        .expect("the failed container should have been kept");
+    let log_config = inspect
+        .host_config
+        .and_then(|config| config.log_config)
+        .expect("inspect returned no log config");
+    assert_eq!(log_config.typ.as_deref(), Some("none"));
+
+    test.remove(&exit.container_id).await;
+    test.assert_no_leftovers().await;
+}
+
+#[tokio::test]
 async fn run_container_keep_if_failed_removes_success() {
     let mut test = TestCase::new("keep-success").await;
     let mut spec = test.spec("exit 0");

@@ -126,6 +126,7 @@ def test_cli_rejects_misspelled_key(zenml_stack, restore_max_parallelism):
         ("devices", ["/dev/fuse:/dev/fuse:rwx"], "'rwx'"),
         ("user", "", "''"),
         ("user", "some user", "'some user'"),
+        ("log_driver", "", "''"),
     ],
 )
 def test_settings_reject_bad_value(field, value, named):
@@ -144,12 +145,16 @@ def test_settings_accept_valid_values():
         devices=["/dev/fuse", "/dev/sda:/dev/xvda:r"],
         user="1000:1000",
         max_parallelism=2,
+        log_driver="local",
+        log_options={"max-size": "10m"},
     )
 
     assert settings.shm_size == "512m"
     assert settings.volumes == ["/host/data:/data:ro", "named_volume:/cache"]
     assert settings.devices == ["/dev/fuse", "/dev/sda:/dev/xvda:r"]
     assert settings.user == "1000:1000"
+    assert settings.log_driver == "local"
+    assert settings.log_options == {"max-size": "10m"}
 
 
 @pytest.mark.parametrize("model", [DockerRsOrchestratorSettings, DockerRsOrchestratorConfig])

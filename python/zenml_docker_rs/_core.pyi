@@ -40,6 +40,8 @@ Run spec (a plain dict; unknown keys are rejected):
             privileged: bool
             stop_grace_period_secs: int   SIGTERM-to-SIGKILL time on stop (default 10)
             keep_if_failed: bool     keep a failed container instead of removing it
+            log_driver: str | None   Docker logging driver; None = the daemon's default
+            log_options: dict[str, str]   options of the logging driver (--log-opt)
 
 Events (dicts, in order per step; "run_finished" is always last):
 

@@ -209,6 +209,23 @@ class DockerRsOrchestratorSettings(BaseSettings):
         "or with `python -m zenml_docker_rs gc`. Successful and stopped containers are "
         "always removed.",
     )
+    log_driver: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        description="Docker logging driver of the step containers, as in `docker run "
+        "--log-driver` (for example `none` or `local`). Unset keeps the daemon's default. "
+        "The orchestrator reads the output through the Docker API either way, so the "
+        "driver decides only what `docker logs` and log shippers see; `none` saves the "
+        "daemon from writing a second copy of every line, which limits the output rate "
+        "of chatty steps, but leaves `docker logs` empty, also for kept failed "
+        "containers.",
+    )
+    log_options: Dict[str, str] = Field(
+        default_factory=dict,
+        description="Options of the logging driver, as in `docker run --log-opt` (for "
+        "example {\"max-size\": \"10m\"}). Without log_driver they apply to the "
+        "daemon's default driver.",
+    )
     synchronous: bool = Field(
         default=True,
         description="Wait for the run to finish. With false, running the pipeline "

@@ -452,6 +452,8 @@ class DockerRsOrchestrator(ContainerizedOrchestrator):
             "privileged": settings.privileged,
             "stop_grace_period_secs": settings.stop_grace_period,
             "keep_if_failed": settings.keep_failed_containers,
+            "log_driver": settings.log_driver,
+            "log_options": dict(settings.log_options),
         }
 
 

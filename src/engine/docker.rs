@@ -9,7 +9,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerStatsResponse, DeviceMapping as DockerDeviceMapping,
-    DeviceRequest, HostConfig, Mount, MountType,
+    DeviceRequest, HostConfig, HostConfigLogConfig, Mount, MountType,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -658,7 +658,14 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
         }]
     });
 
+    let log_config =
+        (spec.log_driver.is_some() || !spec.log_options.is_empty()).then(|| HostConfigLogConfig {
+            typ: spec.log_driver.clone(),
+            config: Some(spec.log_options.clone().into_iter().collect()),
+        });
+
     HostConfig {
+        log_config,
         mounts: Some(mounts),
         extra_hosts: Some(spec.extra_hosts.clone()),
         network_mode: spec.network.clone(),
