@@ -246,6 +246,21 @@ def median_and_max(values: List[float]) -> Tuple[float, float]:
     return median, ordered[-1]
 
 
+def completed_run(response: Any, orchestrator: str) -> Any:
+    """Return the ZenML run of a pipeline call, after checking that it completed."""
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    if response is None:
+        raise RuntimeError(f"the pipeline call on {orchestrator} returned no run")
+    run = Client().get_pipeline_run(response.id)
+    if run.status != ExecutionStatus.COMPLETED:
+        raise RuntimeError(
+            f"run {run.id} on {orchestrator} ended as {run.status.value}, not completed"
+        )
+    return run
+
+
 @contextlib.contextmanager
 def throwaway_zenml_config(logger: logging.Logger) -> Iterator[Path]:
     """Point ZenML at a new, empty configuration and remove it afterwards.

@@ -183,22 +183,13 @@ def run_once(
     stacks: ZenmlStacks, pipeline, expected_total: int, width: int, orchestrator: str, timed: bool
 ) -> Tuple[Run, object]:
     """Run the pipeline on the orchestrator's stack, time it and check the result."""
-    from zenml.client import Client
-    from zenml.enums import ExecutionStatus
-
     stacks.activate(orchestrator)
     with BusySampler(stacks.is_own) as busy:
         start = time.perf_counter()
         response = pipeline()
         elapsed = time.perf_counter() - start
 
-    if response is None:
-        raise RuntimeError(f"the pipeline call on {orchestrator} returned no run")
-    run = Client().get_pipeline_run(response.id)
-    if run.status != ExecutionStatus.COMPLETED:
-        raise RuntimeError(
-            f"run {run.id} on {orchestrator} ended as {run.status.value}, not completed"
-        )
+    run = common.completed_run(response, orchestrator)
     total = run.steps["join"].output.load()
     if total != expected_total:
         raise RuntimeError(
