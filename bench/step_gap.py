@@ -42,6 +42,7 @@ from common import (  # noqa: E402 - the folder must be on sys.path first
     ZenmlStacks,
     base_image_command,
     command_line,
+    completed_run,
     median_and_max,
     require_image,
     require_modules,
@@ -290,9 +291,6 @@ class Benchmark:
 
     def run_once(self, orchestrator: str, timed: bool):
         """Run the chain on one stack, check its result and read its container events."""
-        from zenml.client import Client
-        from zenml.enums import ExecutionStatus
-
         self.stacks.activate(orchestrator)
         recorder = EventRecorder(self.client, self.stacks.container_filter(orchestrator))
         load_before = os.getloadavg()[0]
@@ -306,13 +304,7 @@ class Benchmark:
             events = recorder.stop(start_ns, end_ns)
         load_after = os.getloadavg()[0]
 
-        if response is None:
-            raise RuntimeError(f"the pipeline call on {orchestrator} returned no run")
-        run = Client().get_pipeline_run(response.id)
-        if run.status != ExecutionStatus.COMPLETED:
-            raise RuntimeError(
-                f"run {run.id} on {orchestrator} ended as {run.status.value}, not completed"
-            )
+        run = completed_run(response, orchestrator)
         last = run.steps[self.step_names[-1]].output.load()
         if last != self.steps:
             raise RuntimeError(
@@ -584,8 +576,9 @@ NOTES = [
     "- docker_rs waits for the container's exit, drains its attached output and "
     "inspects the container for the exit code, out-of-memory kill and times. It then "
     "reports the step as finished and removes the container in the background. The "
-    "scheduler launches the next step: an image inspect (for the `PYTHONPATH` it "
-    "appends to), create, attach, start. The run ends only after every removal "
+    "scheduler launches the next step: create, attach, start. The image's "
+    "environment, for the `PYTHONPATH` the engine appends to, is inspected once per "
+    "image and run, before the first step. The run ends only after every removal "
     "finished.",
     "",
     "What the engine's tracing showed, and what changed: up to commit 47347e5 the "
