@@ -378,8 +378,8 @@ def median(runs: List[Run], field: str) -> float:
     return statistics.median(getattr(run, field) for run in runs)
 
 
-# What the profiles showed and what changed, with the numbers this script measured
-# before and after the change. Written by hand: rewrite it when the code changes.
+# Profile findings and the changes they led to, with the numbers this script measured
+# before and after. Written by hand, so rewrite it when the code changes.
 PROFILE_NOTES = """\
 ### Profile and changes
 

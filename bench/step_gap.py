@@ -149,7 +149,7 @@ def ms(nanoseconds: int) -> float:
 class EventRecorder:
     """Record the container events with one label while a run goes on.
 
-    The daemon answers a `since` query only from a short buffer of recent events.
+    The daemon serves a `since` query only from a short buffer of recent events.
     Other jobs on the same daemon can push this run's events out of it before the run
     ends, so the events are read live, from a stream that opens before the run.
     """
@@ -565,8 +565,9 @@ def render_comparison(before: Dict[str, Any], after: Dict[str, Any]) -> List[str
     return lines
 
 
-# How each orchestrator spends a gap, and what changed in docker_rs. The section keeps
-# this next to the numbers, so that its reader can tell what the parts measure.
+# Notes on how each orchestrator spends a gap and on what changed in docker_rs. The
+# section keeps them next to the numbers, so that its reader can tell what the parts
+# measure.
 NOTES = [
     "How each orchestrator spends a gap:",
     "",

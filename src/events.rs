@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn join_output_joins_lines_of_one_step_and_stream() {
+    fn join_output_merges_same_stream_lines() {
         use OutputStream::{Stderr, Stdout};
         let events = vec![
             log("a", Stdout, "one", false),

@@ -42,7 +42,7 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// sends the first stats sample about a second after the stream opens, so a
 /// container that exits sooner than that gets no sample either way. With cgroup v1 each
 /// sample carries the kernel's peak since the container started, so the delay loses
-/// nothing for a container that lives long enough to be sampled; with cgroup v2 the
+/// nothing for a container that lives long enough to be sampled. With cgroup v2 the
 /// peak is the highest of the samples taken.
 const MEMORY_SAMPLING_DELAY: Duration = Duration::from_millis(500);
 
